@@ -1,0 +1,15 @@
+"""placement: Bayesian sample placement.
+
+Gradients of posterior expectations F(X) = E[f(theta, X) | y, X] with respect to the
+measurement locations X, with honest Monte Carlo standard errors, and an outer loop
+that uses them to relocate the points.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+from placement.errors import PlacementError  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["PlacementError", "__version__"]

@@ -1,0 +1,196 @@
+"""Turn a PyMC model into pure JAX functions of (unconstrained theta, X, y).
+
+The design container (a ``pm.Data``) and, when present, the observed-data container are
+replaced by explicit graph inputs, so one compiled function serves every design. PyMC's
+own JAX export would bake the containers in as constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.replace import graph_replace
+from pymc.sampling.jax import get_jaxified_graph
+
+from placement.errors import PlacementError
+
+Array = jax.Array
+
+
+@dataclass(frozen=True)
+class JaxModel:
+    """A model as pure JAX functions of a flat unconstrained parameter vector.
+
+    Attributes:
+        logdensity: (theta[p], X, y) -> log p(theta, y | X) on the unconstrained scale,
+            Jacobian included. Its X-gradient is the score term of the identity.
+        loglik: (theta, X, y) -> log p(y | theta, X).
+        objective: (theta, X, y) -> f(theta, X), a scalar.
+        constrain: theta -> dict of named parameters on their natural scale.
+        X: default design, shape (n,) or (n, d).
+        y: observed data at the default design (None when y is not a container).
+        param_names: names of the unconstrained coordinates, length p.
+        initial_point: a reasonable flat starting point, shape (p,).
+        objective_name: name of the Deterministic used as f.
+    """
+
+    logdensity: Callable[[Array, Array, Array], Array]
+    loglik: Callable[[Array, Array, Array], Array]
+    objective: Callable[[Array, Array, Array], Array]
+    constrain: Callable[[Array], dict]
+    X: np.ndarray
+    y: np.ndarray | None
+    param_names: tuple[str, ...]
+    initial_point: np.ndarray
+    objective_name: str
+    data_name: str
+    observed_name: str | None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.initial_point)
+
+
+def _named_containers(model: pm.Model) -> list[str]:
+    return sorted(name for name, var in model.named_vars.items() if isinstance(var, SharedVariable))
+
+
+def _container(model: pm.Model, name: str, role: str) -> SharedVariable:
+    var = model.named_vars.get(name)
+    if not isinstance(var, SharedVariable):
+        have = ", ".join(_named_containers(model)) or "none"
+        raise PlacementError(
+            f"the model has no pm.Data container named {name!r} for the {role} "
+            f"(containers in the model: {have}). Create it with pm.Data({name!r}, ...) "
+            f"or set the name in the config (problem.{'data' if role == 'design' else 'observed'}=...)."
+        )
+    return var
+
+
+def _flat_layout(model: pm.Model):
+    point = model.initial_point()
+    names, shapes, sizes = [], [], []
+    for v in model.value_vars:
+        if v.dtype.startswith("int"):
+            raise PlacementError(
+                f"parameter {v.name!r} is discrete; the gradient identity needs a continuous "
+                "posterior. Marginalise it out or make it continuous."
+            )
+        shape = tuple(np.shape(point[v.name]))
+        names.append(v.name)
+        shapes.append(shape)
+        sizes.append(int(np.prod(shape, dtype=int)))
+    flat = np.concatenate([np.ravel(point[n]).astype(np.float64) for n in names]) if names else np.zeros(0)
+    return names, shapes, sizes, flat
+
+
+def from_pymc(
+    model: pm.Model,
+    objective: str,
+    data: str = "X",
+    observed: str | None = "y",
+) -> JaxModel:
+    """Export ``model`` once to JAX with the design and observed containers as inputs.
+
+    Args:
+        model: a PyMC model with a ``pm.Data`` design container of shape (n,) or (n, d).
+        objective: name of the quantity f (usually a ``pm.Deterministic``).
+        data: name of the design container.
+        observed: name of the observed-data container, or None if y is a constant.
+            If the named container is absent and ``observed == "y"`` (the default), y is
+            treated as a constant of the model.
+    """
+    X_shared = _container(model, data, "design")
+    y_shared = None
+    if observed is not None:
+        if observed in model.named_vars or observed != "y":
+            y_shared = _container(model, observed, "observed data")
+    if objective not in model.named_vars:
+        dets = ", ".join(d.name for d in model.deterministics) or "none"
+        raise PlacementError(
+            f"the model has no variable named {objective!r} to use as the objective "
+            f"(Deterministics in the model: {dets}). Add pm.Deterministic({objective!r}, ...) "
+            "or set problem.objective=..."
+        )
+    if not model.value_vars:
+        raise PlacementError("the model has no free parameters; there is no posterior to sample.")
+
+    X0 = np.asarray(X_shared.get_value(), dtype=np.float64)
+    if X0.ndim not in (1, 2):
+        raise PlacementError(f"the design container {data!r} must have shape (n,) or (n, d); got {X0.shape}.")
+    y0 = None if y_shared is None else np.asarray(y_shared.get_value(), dtype=np.float64)
+
+    logp = model.logp(jacobian=True)
+    loglik = model.logp(vars=model.observed_RVs, jacobian=False) if model.observed_RVs else pt.constant(0.0)
+    (f,) = model.replace_rvs_by_values([model[objective]])
+    if f.ndim != 0:
+        f = pt.sum(f) if f.type.shape == (1,) else f
+        if f.ndim != 0:
+            raise PlacementError(
+                f"the objective {objective!r} must be a scalar; it has {f.ndim} dimensions. "
+                "Reduce it (e.g. its mean) inside the model."
+            )
+
+    # Static shapes: a dynamic n breaks pt.eye(n) under jit.
+    X_in = pt.tensor("X_in", dtype="float64", shape=X0.shape)
+    replace = {X_shared: X_in}
+    inputs_extra = [X_in]
+    if y_shared is not None:
+        y_in = pt.tensor("y_in", dtype="float64", shape=y0.shape)
+        replace[y_shared] = y_in
+        inputs_extra.append(y_in)
+    outs = graph_replace([pt.as_tensor_variable(logp), pt.as_tensor_variable(loglik), f], replace, strict=False)
+    outs = [pt.cast(o, "float64") for o in outs]
+    inputs = list(model.value_vars) + inputs_extra
+    fns = [get_jaxified_graph(inputs=inputs, outputs=[o]) for o in outs]
+
+    names, shapes, sizes, flat0 = _flat_layout(model)
+    offsets = np.cumsum([0] + sizes)
+
+    def unflatten(theta):
+        return [jnp.reshape(theta[offsets[i] : offsets[i + 1]], shapes[i]) for i in range(len(names))]
+
+    has_y = y_shared is not None
+
+    def wrap(fn):
+        def call(theta, X, y=None):
+            args = unflatten(theta) + [X] + ([y] if has_y else [])
+            return jnp.asarray(fn(*args)[0], dtype=jnp.float64).reshape(())
+
+        return call
+
+    # Natural-scale parameters for reporting.
+    free_rvs = list(model.free_RVs)
+    (nat,) = [model.replace_rvs_by_values(free_rvs)]
+    nat_fn = get_jaxified_graph(inputs=list(model.value_vars), outputs=nat) if nat else None
+    rv_names = [rv.name for rv in free_rvs]
+
+    def constrain(theta):
+        if nat_fn is None:
+            return {}
+        return dict(zip(rv_names, nat_fn(*unflatten(theta))))
+
+    flat_names = []
+    for n, s, k in zip(names, shapes, sizes):
+        flat_names += [n] if k == 1 and s in ((), (1,)) else [f"{n}[{i}]" for i in range(k)]
+
+    return JaxModel(
+        logdensity=wrap(fns[0]),
+        loglik=wrap(fns[1]),
+        objective=wrap(fns[2]),
+        constrain=constrain,
+        X=X0,
+        y=y0,
+        param_names=tuple(flat_names),
+        initial_point=flat0,
+        objective_name=objective,
+        data_name=data,
+        observed_name=observed if has_y else None,
+    )

@@ -1,0 +1,199 @@
+"""Vectorised NUTS with explicit, carryable state (blackjax kernel, our adaptation).
+
+Everything is pure: ``(key, state, X, y) -> state`` with X and y as runtime arguments,
+so one compilation serves every design. All work (warm-up, re-warm-up, sampling) goes
+through one jitted function that runs a fixed-length chunk of NUTS transitions under a
+runtime schedule of adaptation flags, so NUTS is traced and compiled exactly once per
+problem. Chains are vmapped; the state carries position, log density, gradient,
+per-chain step size and a pooled diagonal inverse mass matrix, so an outer step can
+continue where the previous one ended.
+
+Sign convention: blackjax wants +log density; the model's ``logdensity`` is +log p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
+from blackjax.mcmc import nuts as bj_nuts
+from blackjax.mcmc.hmc import HMCState
+
+Array = jax.Array
+
+CHUNK = 50  # transitions per compiled call
+
+
+class SamplerState(NamedTuple):
+    """NUTS state for all chains (leading axis c = chain)."""
+
+    position: Array  # (c, p)
+    logdensity: Array  # (c,)
+    grad: Array  # (c, p)
+    step_size: Array  # (c,)
+    inv_mass: Array  # (p,) pooled diagonal inverse mass matrix
+
+
+class AdaptState(NamedTuple):
+    """Dual averaging per chain and pooled running sums for the mass matrix."""
+
+    da: DualAveragingAdaptationState  # fields of shape (c,)
+    count: Array  # ()
+    total: Array  # (p,)
+    total_sq: Array  # (p,)
+
+
+class Draws(NamedTuple):
+    """Draws and per-draw diagnostics, shapes (c, n, ...)."""
+
+    position: Array  # (c, n, p)
+    diverging: Array  # (c, n) bool
+    accept: Array  # (c, n)
+    num_steps: Array  # (c, n)
+
+
+@dataclass(frozen=True)
+class NUTSConfig:
+    """Settings for ``sampler=nuts`` (documented in conf/sampler/nuts.yaml)."""
+
+    num_chains: int = 4
+    num_warmup: int = 500
+    num_draws: int = 1000
+    target_accept: float = 0.9
+    max_doublings: int = 10
+    init_jitter: float = 2.0
+    warm_start: bool = True
+    rewarmup: int = 50
+
+
+# Schedule columns: adapt step size, collect for mass matrix, end a window, set mass at window end.
+ADAPT, COLLECT, END, SET_MASS = range(4)
+
+
+def _strong(tree):
+    """Drop weak types so every call of a jitted function sees one signature."""
+    return jax.tree.map(lambda a: jnp.asarray(a, dtype=jnp.asarray(a).dtype), tree)
+
+
+def warmup_schedule(num_steps: int, adapt_mass: bool = True) -> np.ndarray:
+    """Stan-like schedule: fast step-size window, two mass windows, final step-size window."""
+    s = np.zeros((num_steps, 4), dtype=bool)
+    if num_steps == 0:
+        return s
+    s[:, ADAPT] = True
+    s[-1, END] = True
+    if adapt_mass and num_steps >= 40:
+        n_fast = max(num_steps * 15 // 100, 10)
+        n_end = max(num_steps // 10, 10)
+        n_slow = num_steps - n_fast - n_end
+        w1_end = n_fast + n_slow // 3
+        w2_end = n_fast + n_slow
+        s[n_fast:w2_end, COLLECT] = True
+        for e in (w1_end - 1, w2_end - 1):
+            s[e, END] = s[e, SET_MASS] = True
+    return s
+
+
+def sampling_schedule(num_draws: int) -> np.ndarray:
+    return np.zeros((num_draws, 4), dtype=bool)
+
+
+class Nuts(NamedTuple):
+    init: Callable
+    run: Callable
+    refresh: Callable
+    config: NUTSConfig
+
+
+def make_nuts(logdensity: Callable, config: NUTSConfig) -> Nuts:
+    """Build the NUTS functions for one model.
+
+    Returns ``Nuts(init, run, refresh)``:
+        init(key, theta0[p], X, y) -> (SamplerState, AdaptState), dispersed starts
+        run(key, state, X, y, schedule[n, 4]) -> (SamplerState, Draws[c, n])
+        refresh(state, X, y) -> SamplerState with log density and gradient at new X, y
+    """
+    kernel = bj_nuts.build_kernel()
+    c = config.num_chains
+    da_init, da_update, _ = dual_averaging_adaptation(config.target_accept)
+    value_and_grad = jax.vmap(jax.value_and_grad(logdensity), in_axes=(0, None, None))
+
+    def one_chain(key, pos, ld, g, eps, inv_mass, X, y):
+        state, info = kernel(key, HMCState(pos, ld, g), lambda t: logdensity(t, X, y), eps, inv_mass, config.max_doublings)
+        return state, info
+
+    vstep = jax.vmap(one_chain, in_axes=(0, 0, 0, 0, 0, None, None, None))
+
+    @jax.jit
+    def fresh_adapt(state):
+        p = state.position.shape[1]
+        return _strong(AdaptState(jax.vmap(da_init)(state.step_size), jnp.zeros(()), jnp.zeros(p), jnp.zeros(p)))
+
+    @jax.jit
+    def init(key, theta0, X, y):
+        p = theta0.shape[0]
+        jitter = jax.random.uniform(key, (c, p), minval=-config.init_jitter, maxval=config.init_jitter)
+        pos = theta0[None, :] + jitter
+        ld, g = value_and_grad(pos, X, y)
+        return _strong(SamplerState(pos, ld, g, jnp.full((c,), 0.1), jnp.ones((p,))))
+
+    @jax.jit
+    def chunk(key, state, adapt, X, y, flags):
+        def body(carry, inp):
+            state, adapt = carry
+            key, f = inp
+            eps = jnp.where(f[ADAPT], jnp.exp(adapt.da.log_step_size), state.step_size)
+            new, info = vstep(jax.random.split(key, c), state.position, state.logdensity, state.grad, eps, state.inv_mass, X, y)
+            acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
+            da = jax.tree.map(lambda a, b: jnp.where(f[ADAPT], a, b), jax.vmap(da_update)(adapt.da, acc), adapt.da)
+            w = f[COLLECT].astype(jnp.float64)
+            count = adapt.count + w * c
+            total = adapt.total + w * new.position.sum(0)
+            total_sq = adapt.total_sq + w * jnp.square(new.position).sum(0)
+            # Window end: regularised pooled variance (Stan's shrinkage), restart dual averaging.
+            n = jnp.maximum(count, 1.0)
+            var = total_sq / n - jnp.square(total / n)
+            var = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+            set_mass = f[END] & f[SET_MASS]
+            inv_mass = jnp.where(set_mass, var, state.inv_mass)
+            eps_avg = jnp.exp(da.log_step_size_avg)
+            step_size = jnp.where(f[END], eps_avg, state.step_size)
+            restarted = jax.vmap(da_init)(eps_avg)
+            da = jax.tree.map(lambda a, b: jnp.where(f[END], a, b), restarted, da)
+            zero = jnp.where(set_mass, 0.0, 1.0)
+            adapt = AdaptState(da, count * zero, total * zero, total_sq * zero)
+            state = SamplerState(new.position, new.logdensity, new.logdensity_grad, step_size, inv_mass)
+            return (state, adapt), (new.position, info.is_divergent, acc, info.num_integration_steps)
+
+        keys = jax.random.split(key, flags.shape[0])
+        (state, adapt), out = jax.lax.scan(body, (state, adapt), (keys, flags))
+        return _strong((state, adapt, out))
+
+    def run(key, state, X, y, schedule):
+        """Run len(schedule) transitions in CHUNK-sized compiled calls; returns draws of all."""
+        schedule = np.asarray(schedule, dtype=bool)
+        n = schedule.shape[0]
+        pad = (-n) % CHUNK
+        sched = np.concatenate([schedule, np.zeros((pad, 4), dtype=bool)])
+        adapt = fresh_adapt(state)
+        outs = []
+        keys = jax.random.split(key, max(len(sched) // CHUNK, 1))
+        for i in range(len(sched) // CHUNK):
+            state, adapt, out = chunk(keys[i], state, adapt, X, y, jnp.asarray(sched[i * CHUNK : (i + 1) * CHUNK]))
+            outs.append(jax.device_get(out))
+        if not outs:
+            p = state.position.shape[1]
+            return state, Draws(np.zeros((c, 0, p)), np.zeros((c, 0), bool), np.zeros((c, 0)), np.zeros((c, 0), np.int64))
+        pos, div, acc, nst = (np.concatenate(x)[:n] for x in zip(*outs))
+        return state, Draws(np.swapaxes(pos, 0, 1), div.T, acc.T, nst.T)
+
+    @jax.jit
+    def refresh(state, X, y):
+        ld, g = value_and_grad(state.position, X, y)
+        return _strong(state._replace(logdensity=ld, grad=g))
+
+    return Nuts(init, run, refresh, config)
