@@ -5,7 +5,14 @@ measurement locations X, with honest Monte Carlo standard errors, and an outer l
 that uses them to relocate the points.
 """
 
-import jax
+import os
+import warnings
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing on CPU machines
+warnings.filterwarnings("ignore", message=".*ArviZ is undergoing a major refactor.*")
+warnings.filterwarnings("ignore", message=".*PyTensor could not link to a BLAS.*")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

@@ -1,0 +1,132 @@
+"""One problem, compiled once: samplers behind one interface, and the gradient estimate.
+
+``Engine(jm, sampler_cfg)`` builds every jitted function for the model up front;
+``init(key, X, y)`` returns a sampler state and ``gradient(key, state, X, y)`` returns
+``(new_state, GradientEstimate)``. Passing the returned state to the next call at a new
+X is the warm start (NUTS positions, step sizes and mass matrix; the importance
+proposal; the Laplace mode).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from placement.errors import PlacementError
+from placement.estimator import GradientEstimate, Sample, estimate, make_terms
+from placement.importance import ISConfig, make_importance, proposal_from_moments
+from placement.laplace import make_laplace
+from placement.model import JaxModel
+from placement.quadrature import QuadConfig, sinh_grid
+from placement.sampler import NUTSConfig, make_nuts, sampling_schedule, warmup_schedule
+
+
+class Engine:
+    """Compiled functions for one model and one sampler configuration."""
+
+    def __init__(self, jm: JaxModel, sampler_cfg: Any):
+        self.jm = jm
+        self.cfg = sampler_cfg
+        self.terms = make_terms(jm)
+        self.theta0 = jnp.asarray(jm.initial_point)
+        if isinstance(sampler_cfg, NUTSConfig):
+            self.kind = "nuts"
+            self.nuts = make_nuts(jm.logdensity, sampler_cfg)
+        elif isinstance(sampler_cfg, ISConfig):
+            self.kind = "importance"
+            if sampler_cfg.pilot not in ("wide", "laplace"):
+                raise PlacementError(f"sampler.pilot must be 'wide' or 'laplace' (got {sampler_cfg.pilot!r}).")
+            if sampler_cfg.pilot == "laplace":
+                self.laplace = make_laplace(jm.logdensity)
+            self.is_adapt, self.is_draw = make_importance(jm.logdensity, sampler_cfg)
+        elif isinstance(sampler_cfg, QuadConfig):
+            self.kind = "quadrature"
+            self.laplace = make_laplace(jm.logdensity)
+            if jm.ndim > sampler_cfg.max_params:
+                sinh_grid(np.zeros(jm.ndim), np.eye(jm.ndim), sampler_cfg)  # raises the clear error
+        else:
+            raise PlacementError(f"unknown sampler configuration {type(sampler_cfg).__name__}.")
+
+    # -- sampler state -------------------------------------------------------------
+    def init(self, key, X, y):
+        """Initial sampler state (cold start) at design X."""
+        X, y = self._xy(X, y)
+        if self.kind == "nuts":
+            return {"nuts": self.nuts.init(key, self.theta0, X, y), "warm": False}
+        if self.kind == "importance":
+            cfg = self.cfg
+            if cfg.pilot == "laplace":
+                lap = self.laplace(key, self.theta0, X, y)
+                prop = proposal_from_moments(lap.mode, lap.cov)
+            else:  # a wide proposal around the initial point, adapted from its own draws
+                p = self.jm.ndim
+                prop = proposal_from_moments(self.theta0, cfg.pilot_scale**2 * jnp.eye(p))
+                prop = self.is_adapt(key, prop, X, y, iters=cfg.pilot_iters)
+            return {"prop": prop}
+        return {"laplace": self.laplace(key, self.theta0, X, y)}
+
+    def draw(self, key, state, X, y) -> tuple[dict, Sample]:
+        """Draw (or lay out) points for the identity at design X."""
+        X, y = self._xy(X, y)
+        if self.kind == "nuts":
+            return self._draw_nuts(key, state, X, y)
+        if self.kind == "importance":
+            k1, k2 = jax.random.split(key)
+            prop = self.is_adapt(k1, state["prop"], X, y)
+            theta, log_q = self.is_draw(k2, prop)
+            new = dict(state, prop=prop)
+            return new, Sample(np.asarray(theta), np.asarray(log_q), None, None, {})
+        # quadrature: re-centre on the current mode, warm-started from the last one
+        lap = self.laplace(key, state["laplace"].mode, X, y)
+        theta, log_q, coarse, edge = sinh_grid(np.asarray(lap.mode), np.asarray(lap.cov), self.cfg)
+        return {"laplace": lap}, Sample(theta, log_q, None, coarse, {"edge_mask": edge})
+
+    def _draw_nuts(self, key, state, X, y):
+        cfg = self.cfg
+        k1, k2, k3 = jax.random.split(key, 3)
+        st = state["nuts"]
+        if state["warm"] and cfg.warm_start:
+            st = self.nuts.refresh(st, X, y)
+            st, _ = self.nuts.run(k1, st, X, y, warmup_schedule(cfg.rewarmup, adapt_mass=False))
+        else:
+            if state["warm"]:  # cold start requested: start over from dispersed points
+                st = self.nuts.init(k3, self.theta0, X, y)
+            st, _ = self.nuts.run(k1, st, X, y, warmup_schedule(cfg.num_warmup))
+        st, draws = self.nuts.run(k2, st, X, y, sampling_schedule(cfg.num_draws))
+        c, n, p = draws.position.shape
+        info = {
+            "divergences": int(draws.diverging.sum()),
+            "mean_accept": float(draws.accept.mean()),
+            "mean_tree_size": float(draws.num_steps.mean()),
+            "step_size": [float(v) for v in np.asarray(st.step_size)],
+        }
+        return {"nuts": st, "warm": True}, Sample(draws.position.reshape(c * n, p), None, c, None, info)
+
+    # -- the estimate ----------------------------------------------------------------
+    def gradient(self, key, state, X, y=None) -> tuple[dict, GradientEstimate]:
+        """F and dF/dX at design X with standard errors; returns the new sampler state."""
+        t0 = time.perf_counter()
+        X, y = self._xy(X, y)
+        state, sample = self.draw(key, state, X, y)
+        est = estimate(self.terms, sample, X, y)
+        est.diagnostics.setdefault("divergences", 0)
+        est.diagnostics["sampler"] = self.kind
+        est.diagnostics["num_draws"] = int(sample.theta.shape[0])
+        est.diagnostics["seconds"] = time.perf_counter() - t0
+        return state, est
+
+    def _xy(self, X, y):
+        X = jnp.asarray(X, dtype=jnp.float64)
+        if X.shape != self.jm.X.shape:
+            raise PlacementError(
+                f"X has shape {tuple(X.shape)} but the model was built for {self.jm.X.shape}; "
+                "the number of points and columns is fixed per problem."
+            )
+        if y is None:
+            y = self.jm.y
+        y = None if y is None else jnp.asarray(y, dtype=jnp.float64)
+        return X, (y if y is not None else jnp.zeros(0))
