@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+import placement  # noqa: F401  (enables float64)
+from placement.model import from_pymc
+from placement.problems import seed_gp
+
+
+@pytest.fixture(scope="session")
+def seed_jm():
+    return from_pymc(seed_gp(), "gp_mu")
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(b))
+
+
+def cosine(a, b):
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def assert_within_se(est_grad, est_se, truth, k=4.0, atol=1e-6):
+    """Every component within k reported standard errors (plus a tiny absolute tolerance)."""
+    err = np.abs(np.ravel(est_grad) - np.ravel(truth))
+    bound = k * np.ravel(est_se) + atol
+    bad = np.nonzero(err > bound)[0]
+    assert bad.size == 0, f"components {bad.tolist()} off by {err[bad]} > {bound[bad]}"

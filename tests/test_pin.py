@@ -1,0 +1,35 @@
+"""The JAX pin, and a large vmapped batch of the real model finishing (jaxlib 0.10.x
+deadlocks on batched Cholesky solves of this size on 2-core machines)."""
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+
+
+def test_jax_is_the_pinned_version():
+    import jaxlib
+
+    assert jax.__version__ == "0.9.2" and jaxlib.__version__ == "0.9.2"
+
+
+def test_large_vmapped_batch_of_the_seed_model_finishes():
+    code = textwrap.dedent(
+        """
+        import numpy as np, jax, jax.numpy as jnp
+        import placement
+        from placement.model import from_pymc
+        from placement.problems import seed_gp
+        from placement.estimator import make_terms
+        jm = from_pymc(seed_gp(), "gp_mu")
+        theta = jnp.asarray(np.random.default_rng(0).normal([1.0, 1.5, -1.0], 0.3, (20000, 3)))
+        terms = make_terms(jm, batch_size=20000)
+        logp, f, df, s = terms(theta, jnp.asarray(jm.X), jnp.asarray(jm.y))
+        jac = jax.jit(jax.vmap(jax.jacfwd(jm.logdensity, argnums=1), in_axes=(0, None, None)))(theta[:4000], jm.X, jm.y)
+        assert np.all(np.isfinite(np.asarray(logp))) and jac.shape == (4000, 10)
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
