@@ -1,0 +1,95 @@
+"""The command line end to end: output files, overrides, and clear errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["sampler.num_samples=4096", "sampler.pilot_iters=4"]
+
+
+def run(args, tmp_path, env_extra=None):
+    env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path.parent / "jaxcache"), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "placement.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path, env=env)
+
+
+def test_gradient_writes_json_and_table(tmp_path):
+    out = tmp_path / "run"
+    r = run(["gradient", f"hydra.run.dir={out}", "seed=3", *FAST], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "gradient.json").read_text())
+    for key in ["X", "F", "F_se", "grad", "grad_se", "rhat_max", "ess_bulk_min", "divergences", "seconds"]:
+        assert key in res
+    assert len(res["grad"]) == len(res["grad_se"]) == 10
+    assert res["F"] == pytest.approx(2.240215, abs=4 * res["F_se"] + 1e-6)
+    assert "dF/dX" in r.stdout and "+- se" in r.stdout
+    assert (out / ".hydra" / "config.yaml").exists()
+
+
+def test_custom_model_and_design_override(tmp_path):
+    (tmp_path / "mymodel.py").write_text(textwrap.dedent(
+        """
+        import numpy as np, pymc as pm
+        def build_model(n=6):
+            with pm.Model() as m:
+                X = pm.Data("X", np.linspace(-1, 1, n))
+                y = pm.Data("y", np.sin(np.linspace(-1, 1, n)))
+                a = pm.Normal("a", 0, 1)
+                pm.Normal("obs", a * X, 0.5, observed=y)
+                pm.Deterministic("slope_sq", a ** 2)
+            return m
+        """))
+    out = tmp_path / "run"
+    r = run(["gradient", "problem=custom", "problem.builder=mymodel:build_model", "problem.objective=slope_sq",
+             "sampler=quadrature", "sampler.points=31", f"hydra.run.dir={out}",
+             "X=[-1.0,-0.5,0.0,0.2,0.6,1.0]"], tmp_path, {"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((out / "gradient.json").read_text())
+    assert res["X"] == [-1.0, -0.5, 0.0, 0.2, 0.6, 1.0]
+    # closed form: a | y ~ N(m, v), v = 1 / (1 + |X|^2/0.25), m = v X.y / 0.25; F = m^2 + v
+    import numpy as np
+    X = np.array(res["X"]); y = np.sin(np.linspace(-1, 1, 6))
+    def F(X):
+        v = 1 / (1 + X @ X / 0.25); m = v * (X @ y) / 0.25
+        return m * m + v
+    h = 1e-6
+    fd = [(F(X + h * e) - F(X - h * e)) / (2 * h) for e in np.eye(6)]
+    assert res["F"] == pytest.approx(F(X), rel=1e-6)
+    np.testing.assert_allclose(res["grad"], fd, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["X=[1,2,3]"], "X has shape (3,)"),
+        (["X=[0,1,2,3,4,5,6,7,8,nan]"], "NaN or infinite"),
+        (["problem=custom", "problem.builder=no_such_module:f", "problem.objective=f"], "cannot import module 'no_such_module'"),
+        (["problem.objective=not_there"], "no variable named 'not_there'"),
+        (["problem.data=Xd"], "no pm.Data container named 'Xd'"),
+    ],
+)
+def test_bad_input_gives_one_clear_error_and_no_output(tmp_path, args, message):
+    out = tmp_path / "run"
+    r = run(["gradient", f"hydra.run.dir={out}", *args], tmp_path)
+    assert r.returncode != 0
+    assert message in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [(["kernel=matern99"], "matern99"), (["sampler.bogus=1"], "bogus"),
+                                          (["nonsense_key=3"], "nonsense_key")])
+def test_unknown_config_is_rejected(tmp_path, args, message):
+    r = run(["gradient", f"hydra.run.dir={tmp_path / 'run'}", *args], tmp_path)
+    assert r.returncode != 0 and message in r.stderr
+
+
+def test_unknown_command(tmp_path):
+    r = run(["frobnicate"], tmp_path)
+    assert r.returncode == 2 and "unknown command" in r.stderr
