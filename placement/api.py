@@ -109,7 +109,4 @@ def trust_problems(est: GradientEstimate, sampler_cfg: Any = None) -> list[str]:
             out.append(f"weight ESS is {100 * frac:.1f}% of the draws: raise sampler.adapt_iters.")
     if d.get("sampler") == "quadrature" and d.get("edge_mass", 0.0) > 1e-4:
         out.append(f"{d['edge_mass']:.1e} of the mass sits on the grid's edge: raise sampler.reach.")
-    if d.get("sampler") == "nuts":
-        out.append("NUTS standard errors miss rarely-visited regions of posterior mass (on the seed "
-                   "problem they under-cover); prefer sampler=importance for gradients.") if False else None
-    return [o for o in out if o]
+    return out
