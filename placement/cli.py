@@ -82,6 +82,9 @@ def _gradient(cfg) -> None:
     out = write_json(_run_dir() / "gradient.json", result)
     print(_table(Xused, est))
     print(f"sampler={d.get('sampler')}  draws={d.get('num_draws')}  seconds={seconds:.2f}  -> {out}")
+    if d.get("sampler") == "nuts":
+        print("note: NUTS standard errors cannot see posterior regions the chains rarely visit; on the "
+              "seed problem this under-states the error. Cross-check with sampler=importance.", file=sys.stderr)
     for p in problems:
         print(f"WARNING: {p}", file=sys.stderr)
     if problems:
