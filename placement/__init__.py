@@ -9,6 +9,7 @@ import os
 import warnings
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing on CPU machines
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence XLA C++ warnings from the compile cache
 warnings.filterwarnings("ignore", message=".*ArviZ is undergoing a major refactor.*")
 warnings.filterwarnings("ignore", message=".*PyTensor could not link to a BLAS.*")
 
