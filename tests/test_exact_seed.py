@@ -1,6 +1,5 @@
 """The seed problem against deterministic quadrature (the exact answer)."""
 
-import jax
 import numpy as np
 import pytest
 
