@@ -37,6 +37,7 @@ class Sample(NamedTuple):
     chains: for MCMC the number of chains c (N = c * n, chain-major), else None.
     coarse: (N,) bool mask of a half-resolution sub-grid (quadrature only), else None.
     info: sampler diagnostics (divergences, step sizes, ...), plain Python values.
+    edge: (N,) bool mask of the grid's outermost layer (quadrature only), else None.
     """
 
     theta: np.ndarray
@@ -44,6 +45,7 @@ class Sample(NamedTuple):
     chains: int | None
     coarse: np.ndarray | None
     info: dict
+    edge: np.ndarray | None = None
 
 
 class GradientEstimate(NamedTuple):
@@ -156,7 +158,7 @@ def estimate(terms: Callable, sample: Sample, X, y) -> GradientEstimate:
     log_q = np.zeros(N) if mcmc else np.asarray(sample.log_q)
     coarse = np.zeros(N, bool) if sample.coarse is None else np.asarray(sample.coarse)
     info = dict(sample.info)
-    edge = info.pop("edge_mask", np.zeros(N, bool))
+    edge = np.zeros(N, bool) if sample.edge is None else np.asarray(sample.edge)
     # MCMC draws carry equal weight: logp - log_q would weight them by the density again.
     logp_w = jnp.where(jnp.isfinite(logp), 0.0, jnp.nan) if mcmc else logp
     out = jax.device_get(_core(logp_w, f, df.reshape(N, -1), s.reshape(N, -1), log_q, coarse, edge))
