@@ -21,7 +21,7 @@ from placement.estimator import GradientEstimate, Sample, estimate, make_terms
 from placement.importance import ISConfig, make_importance, proposal_from_moments
 from placement.laplace import make_laplace
 from placement.model import JaxModel
-from placement.quadrature import QuadConfig, sinh_grid
+from placement.quadrature import QuadConfig, check_supported, sinh_grid
 from placement.sampler import NUTSConfig, make_nuts, sampling_schedule, warmup_schedule
 
 
@@ -46,8 +46,7 @@ class Engine:
         elif isinstance(sampler_cfg, QuadConfig):
             self.kind = "quadrature"
             self.laplace = make_laplace(jm.logdensity)
-            if jm.ndim > sampler_cfg.max_params:
-                sinh_grid(np.zeros(jm.ndim), np.eye(jm.ndim), sampler_cfg)  # raises the clear error
+            check_supported(jm.ndim, sampler_cfg)
         else:
             raise PlacementError(f"unknown sampler configuration {type(sampler_cfg).__name__}.")
 
@@ -83,7 +82,7 @@ class Engine:
         # quadrature: re-centre on the current mode, warm-started from the last one
         lap = self.laplace(key, state["laplace"].mode, X, y)
         theta, log_q, coarse, edge = sinh_grid(np.asarray(lap.mode), np.asarray(lap.cov), self.cfg)
-        return {"laplace": lap}, Sample(theta, log_q, None, coarse, {"edge_mask": edge})
+        return {"laplace": lap}, Sample(theta, log_q, None, coarse, {}, edge)
 
     def _draw_nuts(self, key, state, X, y):
         cfg = self.cfg

@@ -31,13 +31,8 @@ class QuadConfig:
 
 
 
-def sinh_grid(mode: np.ndarray, cov: np.ndarray, cfg: QuadConfig):
-    """Return theta (N, p), log_q (N,), coarse (N,) and edge (N,) masks.
-
-    log_q is minus the log trapezoid cell volume (up to a constant), so that
-    log p(theta, y | X) - log_q are log quadrature weights.
-    """
-    p = mode.shape[0]
+def check_supported(p: int, cfg: QuadConfig) -> None:
+    """Raise a clear error if a model with p parameters or these settings cannot be gridded."""
     if p > cfg.max_params:
         raise PlacementError(
             f"sampler=quadrature integrates over at most {cfg.max_params} parameters; this model has {p}. "
@@ -46,6 +41,17 @@ def sinh_grid(mode: np.ndarray, cov: np.ndarray, cfg: QuadConfig):
     n = int(cfg.points)
     if n < 5 or n % 2 == 0:
         raise PlacementError(f"sampler.points must be odd and >= 5 (got {n}).")
+
+
+def sinh_grid(mode: np.ndarray, cov: np.ndarray, cfg: QuadConfig):
+    """Return theta (N, p), log_q (N,), coarse (N,) and edge (N,) masks.
+
+    log_q is minus the log trapezoid cell volume (up to a constant), so that
+    log p(theta, y | X) - log_q are log quadrature weights.
+    """
+    p = mode.shape[0]
+    check_supported(p, cfg)
+    n = int(cfg.points)
     evals, evecs = np.linalg.eigh(0.5 * (cov + cov.T))
     L = evecs * np.sqrt(np.maximum(evals, 1e-12))
     t = np.linspace(-cfg.reach, cfg.reach, n)
