@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from placement.engine import Engine
@@ -15,6 +16,7 @@ from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
 from placement.model import JaxModel, from_pymc
 from placement.problems import load_builder
+from placement.simulate import simulator_of, with_simulator
 
 
 @dataclass
@@ -25,13 +27,14 @@ class Problem:
     jm: JaxModel
 
 
-def build_problem(problem_cfg: Any, kernel: Any = None) -> Problem:
+def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = None) -> Problem:
     """Call the configured builder and export its model to JAX.
 
     Args:
-        problem_cfg: mapping with keys builder ("module:function"), args, data, observed,
-            objective (see conf/problem/*.yaml).
+        problem_cfg: mapping with keys builder ("module:function"), args, data, observed
+            (see conf/problem/*.yaml).
         kernel: covariance class or partial, passed to builders that take ``kernel``.
+        objective: name of the model quantity used as f (default: problem_cfg["objective"]).
     """
     builder = load_builder(problem_cfg["builder"])
     args = dict(problem_cfg.get("args") or {})
@@ -50,8 +53,42 @@ def build_problem(problem_cfg: Any, kernel: Any = None) -> Problem:
         raise PlacementError(
             f"problem.builder {problem_cfg['builder']} returned {type(model).__name__}, not a pm.Model."
         )
-    jm = from_pymc(model, objective=problem_cfg["objective"], data=problem_cfg.get("data", "X"), observed=problem_cfg.get("observed", "y"))
+    objective = objective or problem_cfg.get("objective")
+    if not objective:
+        raise PlacementError("no objective named: set objective.name=... (the model's Deterministic to use as f).")
+    jm = from_pymc(model, objective=objective, data=problem_cfg.get("data", "X"), observed=problem_cfg.get("observed", "y"),
+                   extras=("pred_mu", "pred_var"))
+    sim = simulator_of(model)
+    if sim is not None:
+        jm = with_simulator(jm, *sim)
     return Problem(problem_cfg.get("name", "custom"), jm)
+
+
+def predictive_summary(engine: Engine, state, X, key, max_draws: int = 400):
+    """Posterior predictive mean and sd of f on the model's plotting grid at design X.
+
+    Uses the model's ``pred_mu`` and ``pred_var`` quantities (None if it has none); the
+    mixture over hyperparameters gives var = E[pred_var] + Var[pred_mu].
+    """
+    jm = engine.jm
+    if jm.extras is None:
+        return None
+    y = jm.y_at(X)
+    _, sample = engine.draw(key, state, X, y)
+    theta = jnp.asarray(sample.theta)
+    if sample.log_q is None:
+        W = np.full(len(theta), 1.0 / len(theta))
+    else:
+        logp = np.asarray(jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))(theta, jnp.asarray(X), jnp.asarray(y)))
+        log_w = np.where(np.isfinite(logp), logp - sample.log_q, -np.inf)
+        W = np.exp(log_w - log_w.max())
+        W /= W.sum()
+    idx = np.random.default_rng(0).choice(len(theta), size=min(max_draws, len(theta)), p=W)
+    ex = jax.vmap(lambda t: jm.extras(t, jnp.asarray(X), jnp.asarray(y)))(theta[idx])
+    if "pred_mu" not in ex or "pred_var" not in ex:
+        return None
+    mu, var = np.asarray(ex["pred_mu"]), np.asarray(ex["pred_var"])
+    return mu.mean(0), np.sqrt(var.mean(0) + mu.var(0))
 
 
 def check_design(X, jm: JaxModel) -> np.ndarray:

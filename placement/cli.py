@@ -10,7 +10,11 @@ import time
 from pathlib import Path
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-COMMANDS = {"gradient": "compute F and dF/dX with standard errors at one design"}
+COMMANDS = {
+    "gradient": "compute F and dF/dX with standard errors at one design",
+    "run": "relocate the design along dF/dX (outer loop with warm-started sampler)",
+    "summarize": "collect a multirun folder into one table and plot: placement summarize DIR",
+}
 
 log = logging.getLogger("placement")
 
@@ -56,7 +60,7 @@ def _gradient(cfg) -> None:
     _enable_compile_cache(cfg)
     sampler_cfg = instantiate(cfg.sampler)
     kernel = instantiate(cfg.kernel)
-    problem = build_problem(cfg.problem, kernel)
+    problem = build_problem(cfg.problem, kernel, cfg.objective.name)
     X = None if cfg.get("X") is None else list(cfg.X)
     est = gradient(problem, sampler_cfg, X=X, seed=int(cfg.seed))
     seconds = time.perf_counter() - t0
@@ -107,7 +111,126 @@ def _table(X, est) -> str:
     return "\n".join(rows)
 
 
-TASKS = {"gradient": _gradient}
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("placement", "jax", "jaxlib", "numpyro", "blackjax", "optax", "pymc", "pytensor", "hydra-core", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _run(cfg) -> None:
+    import hashlib
+
+    import numpy as np
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from placement import plots
+    from placement.api import build_problem, check_design, predictive_summary
+    from placement.constraints import Constraints, check_design_in_bounds
+    from placement.engine import Engine
+    from placement.errors import PlacementError
+    from placement.io import write_atomic, write_csv, write_json
+    from placement.loop import LoopConfig, initial_state, load_checkpoint, outer_step, save_checkpoint
+    from placement.problems import domain_points
+
+    t0 = time.perf_counter()
+    run_dir = _run_dir()
+    ckpt = run_dir / "checkpoint.pkl"
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    fingerprint = hashlib.sha256(json_dumps({k: v for k, v in resolved.items() if k not in ("resume", "steps")}).encode()).hexdigest()
+    if ckpt.exists() and not cfg.resume:
+        raise PlacementError(f"{run_dir} already holds a run (checkpoint.pkl); pass resume=true to continue it "
+                             "or choose another hydra.run.dir.")
+    _enable_compile_cache(cfg)
+    sampler_cfg = instantiate(cfg.sampler)
+    kernel = instantiate(cfg.kernel)
+    steps = int(cfg.steps)
+    if steps < 1:
+        raise PlacementError(f"steps must be at least 1; got {steps}.")
+    optimizer = instantiate(cfg.optimizer)
+    problem = build_problem(cfg.problem, kernel, cfg.objective.name)
+    jm = problem.jm
+    domain = (cfg.problem.get("args") or {}).get("domain")
+    lo = cfg.constraints.lower if cfg.constraints.lower is not None else (None if domain is None else _lo_hi(domain, 0))
+    hi = cfg.constraints.upper if cfg.constraints.upper is not None else (None if domain is None else _lo_hi(domain, 1))
+    constraints = Constraints(lower=lo, upper=hi, min_spacing=float(cfg.constraints.min_spacing),
+                              fixed=tuple(int(i) for i in cfg.constraints.fixed), max_step=cfg.constraints.max_step)
+    X0 = jm.X if cfg.get("X0") is None else check_design(list(cfg.X0), jm)
+    check_design_in_bounds(np.asarray(X0), constraints)
+    loop_cfg = LoopConfig(steps=steps, direction=cfg.objective.direction, grad_tol=float(cfg.stop.grad_tol),
+                          patience=int(cfg.stop.patience))
+    engine = Engine(jm, sampler_cfg)
+    if cfg.resume and ckpt.exists():
+        state, saved_fp = load_checkpoint(ckpt)
+        if saved_fp != fingerprint:
+            raise PlacementError("the checkpoint was written with a different configuration; resume with the same "
+                                 "overrides (only steps may change) or start a new run directory.")
+        state = state._replace(stop_reason=None) if state.step < steps and state.stop_reason == "steps" else state
+        print(f"resuming {run_dir} after step {state.step}", file=sys.stderr)
+    else:
+        state = initial_state(engine, X0, optimizer, int(cfg.seed))
+    write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    bar = tqdm(total=steps, initial=state.step, desc="placement run", unit="step", dynamic_ncols=True,
+               disable=None if sys.stderr.isatty() else True)
+    while state.stop_reason is None:
+        state = outer_step(engine, state, optimizer, constraints, loop_cfg)
+        save_checkpoint(ckpt, state, fingerprint)
+        write_csv(run_dir / "trajectory.csv", state.rows)
+        r = state.rows[-1]
+        bar.update(1)
+        bar.set_postfix_str(f"F={r['F']:.5g}+-{r['F_se']:.2g} |g|={r['grad_norm']:.2g} {r['step_seconds']:.2f}s/step")
+        if not sys.stderr.isatty() and (state.step % 10 == 0 or state.stop_reason):
+            print(f"step {r['step']}: F={r['F']:.6g} +- {r['F_se']:.2g}  |dF/dX|={r['grad_norm']:.3g}  "
+                  f"{r['step_seconds']:.2f}s", file=sys.stderr)
+    bar.close()
+    final = state.rows[-1]
+    X_final = np.asarray(state.X)
+    result = {
+        "X": X_final, "X0": np.asarray(X0), "F": final["F"], "F_se": final["F_se"], "grad_norm": final["grad_norm"],
+        "steps": state.step, "stop_reason": state.stop_reason, "objective": cfg.objective.name,
+        "direction": cfg.objective.direction, "seconds": time.perf_counter() - t0,
+        "step_seconds_median": float(np.median([r["step_seconds"] for r in state.rows])),
+        "settings": resolved, "versions": _versions(),
+    }
+    if cfg.plots:
+        plots.points_over_steps(state.rows, run_dir / "points.png")
+        plots.objective_band(state.rows, run_dir / "objective.png", cfg.objective.name)
+        pred = None
+        if domain is not None and np.ndim(jm.X) == 1:
+            import jax
+
+            pred = predictive_summary(engine, state.sampler_state, X_final, jax.random.fold_in(state.key, 10**7))
+        if pred is not None:
+            grid = domain_points(domain, int(cfg.problem.args.grid))
+            plots.predictive(grid, pred[0], pred[1], X_final, jm.y_at(X_final), run_dir / "predictive.png", X0=np.asarray(X0))
+    result["seconds"] = time.perf_counter() - t0
+    out = write_json(run_dir / "result.json", result)
+    print(f"{cfg.objective.name} ({cfg.objective.direction}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
+          f"{state.step} steps ({state.stop_reason}); {result['seconds']:.1f} s -> {out}")
+    print("final X:", np.array2string(X_final, precision=4, max_line_width=100))
+
+
+def _lo_hi(domain, i):
+    import numpy as np
+
+    box = np.atleast_2d(np.asarray(list(domain) if not hasattr(domain, "__len__") else [list(d) if hasattr(d, "__len__") else d for d in domain], dtype=float))
+    return box[:, i].tolist() if box.shape[0] > 1 else float(box[0, i])
+
+
+def json_dumps(obj) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+TASKS = {"gradient": _gradient, "run": _run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd == "summarize":
+        from placement.summarize import main as summarize_main
+
+        return summarize_main(rest)
     if cmd not in TASKS:
         print(f"error: unknown command {cmd!r}.\n\n{_usage()}", file=sys.stderr)
         return 2
@@ -133,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         except PlacementError as e:
             _fail(str(e), run_dir, created)
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            print(f"interrupted; the last completed step is saved. Continue with: placement {cmd} "
+                  f"resume=true hydra.run.dir={run_dir} (and the same overrides)", file=sys.stderr)
             sys.exit(130)
 
     sys.argv = [f"placement-{cmd}"] + rest

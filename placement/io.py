@@ -29,12 +29,17 @@ def _plain(obj):
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic_bytes(path, text.encode())
+
+
+def write_atomic_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -47,3 +52,17 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path, obj) -> Path:
     return write_atomic(path, json.dumps(_plain(obj), indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path, rows: list[dict]) -> Path:
+    """Rows of a trajectory as CSV (columns from the first row), atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return write_atomic(path, buf.getvalue())

@@ -52,6 +52,12 @@ class JaxModel:
     objective_name: str
     data_name: str
     observed_name: str | None
+    extras: Callable[[Array, Array, Array], dict] | None = None
+    y_of: Callable[[Array], Array] | None = None  # y as a function of X (simulator problems)
+
+    def y_at(self, X):
+        """The observed data that go with design X."""
+        return self.y if self.y_of is None else np.asarray(self.y_of(jnp.asarray(X)))
 
     @property
     def ndim(self) -> int:
@@ -96,6 +102,7 @@ def from_pymc(
     objective: str,
     data: str = "X",
     observed: str | None = "y",
+    extras: tuple[str, ...] = (),
 ) -> JaxModel:
     """Export ``model`` once to JAX with the design and observed containers as inputs.
 
@@ -106,6 +113,8 @@ def from_pymc(
         observed: name of the observed-data container, or None if y is a constant.
             If the named container is absent and ``observed == "y"`` (the default), y is
             treated as a constant of the model.
+        extras: names of further model variables to export as ``extras(theta, X, y) -> dict``
+            (e.g. predictive mean and variance on a grid, for plots); missing ones are skipped.
     """
     X_shared = _container(model, data, "design")
     y_shared = None
@@ -166,6 +175,17 @@ def from_pymc(
 
         return call
 
+    extra_names = [n for n in extras if n in model.named_vars]
+    extras_fn = None
+    if extra_names:
+        ex = model.replace_rvs_by_values([model[n] for n in extra_names])
+        ex = graph_replace(ex, replace, strict=False)
+        ex_fn = get_jaxified_graph(inputs=inputs, outputs=ex)
+
+        def extras_fn(theta, X, y=None):
+            args = unflatten(theta) + [X] + ([y] if has_y else [])
+            return dict(zip(extra_names, ex_fn(*args)))
+
     # Natural-scale parameters for reporting.
     free_rvs = list(model.free_RVs)
     (nat,) = [model.replace_rvs_by_values(free_rvs)]
@@ -193,4 +213,5 @@ def from_pymc(
         objective_name=objective,
         data_name=data,
         observed_name=observed if has_y else None,
+        extras=extras_fn,
     )

@@ -1,0 +1,128 @@
+"""The outer loop: relocate the design along dF/dX with an optax optimizer.
+
+One outer step = estimate F and dF/dX at X (the sampler continues from the previous
+step's state), record a trajectory row, check the stopping rules, update X with the
+optimizer and project it onto the constraints, then checkpoint. Everything an
+uninterrupted run carries from step to step is in ``OuterState``, so a run resumed from
+its checkpoint continues exactly as if it had never stopped (the random key of step k
+is ``fold_in(key, k)``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from placement.constraints import Constraints, project
+from placement.engine import Engine
+from placement.errors import PlacementError
+from placement.io import write_atomic_bytes
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """steps: outer steps at most; direction: minimize | maximize F;
+    grad_tol: stop when |dF/dX| falls below this (0 = never);
+    patience: stop when F has not changed by more than 2 standard errors for this many
+    consecutive steps (0 = never)."""
+
+    steps: int = 50
+    direction: str = "minimize"
+    grad_tol: float = 0.0
+    patience: int = 0
+
+
+class OuterState(NamedTuple):
+    step: int  # steps completed
+    X: np.ndarray
+    opt_state: Any
+    sampler_state: Any
+    key: Any  # base PRNG key of the run
+    rows: list  # trajectory rows so far
+    stalled: int  # consecutive steps without a significant change of F
+    stop_reason: str | None
+
+
+def _row(step, X, est, seconds):
+    d = est.diagnostics
+    row = {"step": step, "F": est.F, "F_se": est.F_se, "grad_norm": float(np.linalg.norm(est.grad))}
+    for i, x in enumerate(np.asarray(X).reshape(len(X), -1)):
+        for j, v in enumerate(x):
+            row[f"x{i}" if x.size == 1 else f"x{i}_{j}"] = float(v)
+    row.update(rhat_max=d.get("rhat_max"), ess_bulk_min=d.get("ess_bulk_min"), divergences=d.get("divergences", 0),
+               step_seconds=seconds)
+    return row
+
+
+def initial_state(engine: Engine, X0, optimizer: optax.GradientTransformation, seed: int) -> OuterState:
+    key = jax.random.PRNGKey(seed)
+    X0 = np.asarray(X0, dtype=np.float64)
+    sstate = engine.init(jax.random.fold_in(key, 10**6), X0, engine.jm.y_at(X0))
+    return OuterState(0, X0, optimizer.init(X0), sstate, key, [], 0, None)
+
+
+def outer_step(engine: Engine, state: OuterState, optimizer, constraints: Constraints, cfg: LoopConfig) -> OuterState:
+    """One step: estimate at state.X, record, maybe stop, else update and project X."""
+    t0 = time.perf_counter()
+    X = state.X
+    k = jax.random.fold_in(state.key, state.step)
+    sstate, est = engine.gradient(k, state.sampler_state, X, engine.jm.y_at(X))
+    if not (np.isfinite(est.F) and np.all(np.isfinite(est.grad))):
+        raise PlacementError(f"step {state.step}: the estimate is not finite (F={est.F}); the model's density "
+                             "may be undefined at this design. Try tighter constraints or a smaller learning rate.")
+    rows = state.rows + [_row(state.step, X, est, 0.0)]
+    stalled = state.stalled
+    if len(rows) > 1:
+        prev = rows[-2]
+        same = abs(est.F - prev["F"]) <= 2.0 * np.hypot(est.F_se, prev["F_se"])
+        stalled = stalled + 1 if same else 0
+    stop = None
+    if cfg.grad_tol > 0 and rows[-1]["grad_norm"] < cfg.grad_tol:
+        stop = "grad_tol"
+    elif cfg.patience > 0 and stalled >= cfg.patience:
+        stop = "patience"
+    elif state.step + 1 >= cfg.steps:
+        stop = "steps"
+    sign = 1.0 if cfg.direction == "minimize" else -1.0
+    X_new, opt_state = X, state.opt_state
+    if stop is None:
+        updates, opt_state = optimizer.update(sign * est.grad, state.opt_state, X)
+        X_new = project(np.asarray(optax.apply_updates(X, updates)), X, constraints)
+    rows[-1]["step_seconds"] = time.perf_counter() - t0
+    return OuterState(state.step + 1, X_new, jax.device_get(opt_state), jax.device_get(sstate), state.key, rows,
+                      stalled, stop)
+
+
+def save_checkpoint(path: Path, state: OuterState, fingerprint: str = "") -> None:
+    """Write the whole outer state atomically (readers see the previous or the new one)."""
+    blob = {"state": jax.device_get(state._asdict()), "fingerprint": fingerprint}
+    write_atomic_bytes(path, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_checkpoint(path: Path) -> tuple[OuterState, str]:
+    """The saved state and the configuration fingerprint it was written with."""
+    try:
+        with open(path, "rb") as fh:
+            blob = pickle.load(fh)
+        return OuterState(**blob["state"]), blob["fingerprint"]
+    except (OSError, pickle.UnpicklingError, EOFError, TypeError, KeyError) as e:
+        raise PlacementError(f"cannot read the checkpoint {path} ({e}); delete it to start over.") from None
+
+
+def run_loop(engine: Engine, state: OuterState, optimizer, constraints: Constraints, cfg: LoopConfig,
+             on_step: Callable[[OuterState], None] | None = None) -> OuterState:
+    """Run outer steps until a stopping rule fires; ``on_step`` sees every new state."""
+    if cfg.direction not in ("minimize", "maximize"):
+        raise PlacementError(f"objective.direction must be minimize or maximize; got {cfg.direction!r}.")
+    while state.stop_reason is None:
+        state = outer_step(engine, state, optimizer, constraints, cfg)
+        if on_step is not None:
+            on_step(state)
+    return state
