@@ -144,7 +144,10 @@ def _run(cfg) -> None:
     run_dir = _run_dir()
     ckpt = run_dir / "checkpoint.pkl"
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    fingerprint = hashlib.sha256(json_dumps({k: v for k, v in resolved.items() if k not in ("resume", "steps")}).encode()).hexdigest()
+    # What must match for a resume: everything but the step budget (steps may grow).
+    same = {k: v for k, v in resolved.items() if k not in ("resume", "steps")}
+    same["optimizer"] = {k: v for k, v in resolved["optimizer"].items() if k != "steps"}
+    fingerprint = hashlib.sha256(json_dumps(same).encode()).hexdigest()
     if ckpt.exists() and not cfg.resume:
         raise PlacementError(f"{run_dir} already holds a run (checkpoint.pkl); pass resume=true to continue it "
                              "or choose another hydra.run.dir.")
@@ -152,8 +155,8 @@ def _run(cfg) -> None:
     sampler_cfg = instantiate(cfg.sampler)
     kernel = instantiate(cfg.kernel)
     steps = int(cfg.steps)
-    if steps < 1:
-        raise PlacementError(f"steps must be at least 1; got {steps}.")
+    loop_cfg = LoopConfig(steps=steps, direction=cfg.objective.direction, grad_tol=float(cfg.stop.grad_tol),
+                          patience=int(cfg.stop.patience))
     optimizer = instantiate(cfg.optimizer)
     problem = build_problem(cfg.problem, kernel, cfg.objective.name)
     jm = problem.jm
@@ -164,8 +167,6 @@ def _run(cfg) -> None:
                               fixed=tuple(int(i) for i in cfg.constraints.fixed), max_step=cfg.constraints.max_step)
     X0 = jm.X if cfg.get("X0") is None else check_design(list(cfg.X0), jm)
     check_design_in_bounds(np.asarray(X0), constraints)
-    loop_cfg = LoopConfig(steps=steps, direction=cfg.objective.direction, grad_tol=float(cfg.stop.grad_tol),
-                          patience=int(cfg.stop.patience))
     engine = Engine(jm, sampler_cfg)
     if cfg.resume and ckpt.exists():
         state, saved_fp = load_checkpoint(ckpt)

@@ -38,6 +38,12 @@ class LoopConfig:
     grad_tol: float = 0.0
     patience: int = 0
 
+    def __post_init__(self):
+        if self.direction not in ("minimize", "maximize"):
+            raise PlacementError(f"objective.direction must be minimize or maximize; got {self.direction!r}.")
+        if self.steps < 1:
+            raise PlacementError(f"steps must be at least 1; got {self.steps}.")
+
 
 class OuterState(NamedTuple):
     step: int  # steps completed
@@ -119,8 +125,6 @@ def load_checkpoint(path: Path) -> tuple[OuterState, str]:
 def run_loop(engine: Engine, state: OuterState, optimizer, constraints: Constraints, cfg: LoopConfig,
              on_step: Callable[[OuterState], None] | None = None) -> OuterState:
     """Run outer steps until a stopping rule fires; ``on_step`` sees every new state."""
-    if cfg.direction not in ("minimize", "maximize"):
-        raise PlacementError(f"objective.direction must be minimize or maximize; got {cfg.direction!r}.")
     while state.stop_reason is None:
         state = outer_step(engine, state, optimizer, constraints, cfg)
         if on_step is not None:

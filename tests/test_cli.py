@@ -46,7 +46,7 @@ def test_custom_model_and_design_override(tmp_path):
             return m
         """))
     out = tmp_path / "run"
-    r = run(["gradient", "problem=custom", "problem.builder=mymodel:build_model", "problem.objective=slope_sq",
+    r = run(["gradient", "problem=custom", "problem.builder=mymodel:build_model", "objective=custom", "objective.name=slope_sq",
              "sampler=quadrature", "sampler.points=31", f"hydra.run.dir={out}",
              "X=[-1.0,-0.5,0.0,0.2,0.6,1.0]"], tmp_path, {"PYTHONPATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -69,8 +69,8 @@ def test_custom_model_and_design_override(tmp_path):
     [
         (["X=[1,2,3]"], "X has shape (3,)"),
         (["X=[0,1,2,3,4,5,6,7,8,nan]"], "NaN or infinite"),
-        (["problem=custom", "problem.builder=no_such_module:f", "problem.objective=f"], "cannot import module 'no_such_module'"),
-        (["problem.objective=not_there"], "no variable named 'not_there'"),
+        (["problem=custom", "problem.builder=no_such_module:f", "objective=custom", "objective.name=f"], "cannot import module 'no_such_module'"),
+        (["objective.name=not_there"], "no variable named 'not_there'"),
         (["problem.data=Xd"], "no pm.Data container named 'Xd'"),
     ],
 )
@@ -93,3 +93,79 @@ def test_unknown_config_is_rejected(tmp_path, args, message):
 def test_unknown_command(tmp_path):
     r = run(["frobnicate"], tmp_path)
     assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+RUN_FAST = ["sampler.num_samples=2048", "sampler.adapt_samples=1024", "sampler.pilot_iters=4", "plots=false"]
+
+
+def test_run_writes_trajectory_result_and_plots(tmp_path):
+    out = tmp_path / "run"
+    r = run(["run", "steps=3", f"hydra.run.dir={out}", "sampler.num_samples=2048", "sampler.adapt_samples=1024"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import csv
+    rows = list(csv.DictReader((out / "trajectory.csv").open()))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    for key in ["F", "F_se", "grad_norm", "x0", "x9", "rhat_max", "ess_bulk_min", "divergences", "step_seconds"]:
+        assert key in rows[0]
+    res = json.loads((out / "result.json").read_text())
+    assert res["steps"] == 3 and len(res["X"]) == 10 and "pymc" in res["versions"]
+    assert res["settings"]["objective"]["name"] == "integrated_variance"
+    assert all(0.0 <= x <= 10.0 for x in res["X"])
+    for png in ["points.png", "objective.png", "predictive.png", "config.yaml"]:
+        assert (out / png).exists(), png
+
+
+def test_run_killed_midway_resumes_to_the_same_result(tmp_path):
+    import signal
+    import time
+
+    full = tmp_path / "full"
+    r = run(["run", "steps=6", "seed=4", f"hydra.run.dir={full}", *RUN_FAST], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    part = tmp_path / "part"
+    env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path.parent / "jaxcache"))
+    p = subprocess.Popen([sys.executable, "-m", "placement.cli", "run", "steps=6", "seed=4", f"hydra.run.dir={part}",
+                          *RUN_FAST], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (part / "trajectory.csv").exists():
+        time.sleep(0.2)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert (part / "checkpoint.pkl").exists()
+    assert not (part / "result.json").exists()
+    r = run(["run", "steps=6", "seed=4", f"hydra.run.dir={part}", "resume=true", *RUN_FAST], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = json.loads((full / "result.json").read_text())
+    b = json.loads((part / "result.json").read_text())
+    assert a["X"] == b["X"] and a["F"] == b["F"]
+    # a second run into the same folder without resume is refused
+    r = run(["run", "steps=6", f"hydra.run.dir={part}", *RUN_FAST], tmp_path)
+    assert r.returncode == 2 and "resume=true" in r.stderr
+
+
+def test_multirun_sweep_and_summarize(tmp_path):
+    sweep = tmp_path / "sweep"
+    r = run(["run", "-m", "optimizer=adam,momentum", "steps=2", f"hydra.sweep.dir={sweep}", *RUN_FAST], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list(sweep.rglob("result.json"))) == 2
+    r = run(["summarize", str(sweep)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (sweep / "summary.md").read_text()
+    assert "optimizer=adam" in text and "optimizer=momentum" in text
+    assert (sweep / "summary.png").exists()
+    r = run(["summarize", str(tmp_path / "nothing_here")], tmp_path)
+    assert r.returncode == 2 and "not a folder" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["constraints.lower=5.0"], "outside the bounds"),
+    (["steps=0"], "steps must be at least 1"),
+    (["optimizer=nadam"], "nadam"),
+    (["objective.direction=sideways"], "minimize or maximize"),
+])
+def test_run_bad_input(tmp_path, args, message):
+    out = tmp_path / "run"
+    r = run(["run", f"hydra.run.dir={out}", "steps=2", *RUN_FAST, *args], tmp_path)
+    assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+    assert not (out / "result.json").exists()
