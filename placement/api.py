@@ -136,7 +136,7 @@ def trust_problems(est: GradientEstimate, sampler_cfg: Any = None) -> list[str]:
                    "or use sampler=importance.")
     if d.get("sampler") == "nuts" and d.get("ess_bulk_min", np.inf) < 100:
         out.append(f"bulk ESS {d['ess_bulk_min']:.0f} < 100: raise sampler.num_draws.")
-    if d.get("sampler") == "importance":
+    if d.get("sampler") in ("importance", "reweight") and "pareto_k" in d:
         k = d.get("pareto_k", 0.0)
         if np.isfinite(k) and k > 0.7:
             out.append(f"importance weights are heavy-tailed (Pareto k {k:.2f} > 0.7): raise "

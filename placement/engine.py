@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from blackjax import diagnostics as bjd
 
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate, Sample, estimate, make_terms
@@ -22,7 +23,7 @@ from placement.importance import ISConfig, make_importance, proposal_from_moment
 from placement.laplace import make_laplace
 from placement.model import JaxModel
 from placement.quadrature import QuadConfig, check_supported, sinh_grid
-from placement.sampler import NUTSConfig, make_nuts, sampling_schedule, warmup_schedule
+from placement.sampler import NUTSConfig, ReweightConfig, make_nuts, sampling_schedule, warmup_schedule
 
 
 class Engine:
@@ -34,8 +35,9 @@ class Engine:
         self.terms = make_terms(jm)
         self.theta0 = jnp.asarray(jm.initial_point)
         if isinstance(sampler_cfg, NUTSConfig):
-            self.kind = "nuts"
+            self.kind = "reweight" if isinstance(sampler_cfg, ReweightConfig) else "nuts"
             self.nuts = make_nuts(jm.logdensity, sampler_cfg)
+            self.vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
         elif isinstance(sampler_cfg, ISConfig):
             self.kind = "importance"
             if sampler_cfg.pilot not in ("wide", "laplace"):
@@ -54,7 +56,7 @@ class Engine:
     def init(self, key, X, y):
         """Initial sampler state (cold start) at design X."""
         X, y = self._xy(X, y)
-        if self.kind == "nuts":
+        if self.kind in ("nuts", "reweight"):
             return {"nuts": self.nuts.init(key, self.theta0, X, y), "warm": False}
         if self.kind == "importance":
             cfg = self.cfg
@@ -73,6 +75,8 @@ class Engine:
         X, y = self._xy(X, y)
         if self.kind == "nuts":
             return self._draw_nuts(key, state, X, y)
+        if self.kind == "reweight":
+            return self._draw_reweight(key, state, X, y)
         if self.kind == "importance":
             k1, k2 = jax.random.split(key)
             prop = self.is_adapt(k1, state["prop"], X, y)
@@ -104,6 +108,27 @@ class Engine:
             "step_size": [float(v) for v in np.asarray(st.step_size)],
         }
         return {"nuts": st, "warm": True}, Sample(draws.position.reshape(c * n, p), None, c, None, info)
+
+    def _draw_reweight(self, key, state, X, y):
+        """Reuse stored draws with weights p(.|X)/p(.|X_ref) while their ESS allows."""
+        if "theta" in state:
+            theta = state["theta"]
+            log_w = np.asarray(self.vlogp(jnp.asarray(theta), X, y)) - state["logp_ref"]
+            log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+            W = np.exp(log_w - log_w.max())
+            W /= W.sum()
+            frac = 1.0 / np.sum(W**2) / len(W)
+            if frac >= self.cfg.min_ess_fraction:
+                info = {"nuts_ran": False, "reweight_ess_fraction": float(frac)}
+                return state, Sample(theta, state["logp_ref"], None, None, info, None, state["inflation"])
+        new, sample = self._draw_nuts(key, state, X, y)
+        N = sample.theta.shape[0]
+        c = sample.chains
+        ess = float(np.min(np.asarray(bjd.ess_bulk(sample.theta.reshape(c, N // c, -1), chain_axis=0, sample_axis=1))))
+        new.update(theta=sample.theta, logp_ref=np.asarray(self.vlogp(jnp.asarray(sample.theta), X, y)),
+                   inflation=float(np.sqrt(max(N / max(ess, 1.0), 1.0))))
+        sample.info["nuts_ran"] = True
+        return new, sample
 
     # -- the estimate ----------------------------------------------------------------
     def gradient(self, key, state, X, y=None) -> tuple[dict, GradientEstimate]:

@@ -46,6 +46,7 @@ class Sample(NamedTuple):
     coarse: np.ndarray | None
     info: dict
     edge: np.ndarray | None = None
+    se_inflation: float = 1.0  # multiply SEs (reweighted MCMC draws are not independent)
 
 
 class GradientEstimate(NamedTuple):
@@ -183,8 +184,8 @@ def estimate(terms: Callable, sample: Sample, X, y) -> GradientEstimate:
     return GradientEstimate(
         F=float(out["F"]),
         grad=np.asarray(out["grad"]).reshape(xshape),
-        F_se=float(F_se),
-        grad_se=np.asarray(grad_se).reshape(xshape),
+        F_se=float(F_se) * sample.se_inflation,
+        grad_se=np.asarray(grad_se).reshape(xshape) * sample.se_inflation,
         diagnostics=diag,
     )
 

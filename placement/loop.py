@@ -64,6 +64,8 @@ def _row(step, X, est, seconds):
             row[f"x{i}" if x.size == 1 else f"x{i}_{j}"] = float(v)
     row.update(rhat_max=d.get("rhat_max"), ess_bulk_min=d.get("ess_bulk_min"), divergences=d.get("divergences", 0),
                step_seconds=seconds)
+    if "nuts_ran" in d:
+        row["nuts_ran"] = int(d["nuts_ran"])
     return row
 
 

@@ -70,6 +70,15 @@ class NUTSConfig:
     rewarmup: int = 50
 
 
+@dataclass(frozen=True)
+class ReweightConfig(NUTSConfig):
+    """``sampler=reweight``: reuse the last NUTS draws with importance weights
+    p(theta, y | X_new) / p(theta, y | X_old) while the weights' effective sample size
+    stays above ``min_ess_fraction`` of the draws; run (warm-started) NUTS when it drops."""
+
+    min_ess_fraction: float = 0.3
+
+
 # Schedule columns: adapt step size, collect for mass matrix, end a window, set mass at window end.
 ADAPT, COLLECT, END, SET_MASS = range(4)
 
