@@ -15,10 +15,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from blackjax import diagnostics as bjd
 
 from placement.errors import PlacementError
-from placement.estimator import GradientEstimate, Sample, estimate, make_terms
+from placement.estimator import GradientEstimate, Sample, ess_bulk, estimate, make_terms
 from placement.importance import ISConfig, make_importance, proposal_from_moments
 from placement.laplace import make_laplace
 from placement.model import JaxModel
@@ -124,7 +123,7 @@ class Engine:
         new, sample = self._draw_nuts(key, state, X, y)
         N = sample.theta.shape[0]
         c = sample.chains
-        ess = float(np.min(np.asarray(bjd.ess_bulk(sample.theta.reshape(c, N // c, -1), chain_axis=0, sample_axis=1))))
+        ess = float(np.min(np.asarray(ess_bulk(sample.theta.reshape(c, N // c, -1), chain_axis=0, sample_axis=1))))
         new.update(theta=sample.theta, logp_ref=np.asarray(self.vlogp(jnp.asarray(sample.theta), X, y)),
                    inflation=float(np.sqrt(max(N / max(ess, 1.0), 1.0))))
         sample.info["nuts_ran"] = True

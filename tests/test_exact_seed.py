@@ -62,3 +62,17 @@ def test_quadrature_sampler_is_near_exact(seed_jm, truth):
     assert_within_se(est.grad, est.grad_se, truth["grad"], atol=1e-5)
     assert rel_err(est.grad, truth["grad"]) < 0.05
     assert est.diagnostics["edge_mass"] < 1e-6
+
+
+def test_integrated_variance_objective_against_quadrature():
+    """A second objective of the run command, the same exact check."""
+    from placement.model import from_pymc
+    from placement.problems import seed_gp
+
+    jm = from_pymc(seed_gp(), "integrated_variance")
+    F, g, edge, _ = quadrature_answer(jm, jm.X, jm.y, points=(45, 61, 61))
+    assert edge < 1e-8
+    est = gradient(Problem("seed_gp", jm), ISConfig(), seed=1)
+    assert est.F == pytest.approx(F, abs=4 * est.F_se + 1e-8)
+    assert_within_se(est.grad, est.grad_se, g, atol=1e-6)
+    assert cosine(est.grad, g) > 0.98
