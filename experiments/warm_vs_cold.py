@@ -89,7 +89,7 @@ def main():
     report = {}
     # 1. whole 50-step runs through the CLI (start-up and compilation included)
     runs = {}
-    for name, args in [("importance (default)", []), ("nuts warm", ["sampler=nuts", "sampler.num_draws=500"]),
+    for name, args in [("importance_run (default)", []), ("nuts warm", ["sampler=nuts", "sampler.num_draws=500"]),
                        ("reweight", ["sampler=reweight", "sampler.num_draws=500"])]:
         wall, res, rows, peak = cli_run(["objective=posterior_mean", f"steps={STEPS}", "seed=0", *args])
         runs[name] = dict(wall=wall, peak_mb=peak, median_step=float(np.median([float(r["step_seconds"]) for r in rows[1:]])),
@@ -111,7 +111,8 @@ def main():
         F, g, edge, terms = quadrature_answer(jm, np.asarray(path[i]), jm.y, points=(45, 61, 61), terms=terms)
         truth[i] = g
     cfgs = {"nuts warm": NUTSConfig(num_draws=500), "nuts cold": NUTSConfig(num_draws=500, warm_start=False),
-            "importance": ISConfig(), "reweight": ReweightConfig(num_draws=500)}
+            "importance (16384 draws)": ISConfig(), "importance_run (8192, run default)": ISConfig(num_samples=8192, adapt_iters=1),
+            "reweight": ReweightConfig(num_draws=500)}
     per_step = {}
     for name, cfg in cfgs.items():
         eng = Engine(jm, cfg)
