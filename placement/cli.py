@@ -13,6 +13,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 COMMANDS = {
     "gradient": "compute F and dF/dX with standard errors at one design",
     "run": "relocate the design along dF/dX (outer loop with warm-started sampler)",
+    "suggest": "propose k new measurement locations from a CSV: placement suggest data=FILE k=5",
     "summarize": "collect a multirun folder into one table and plot: placement summarize DIR",
 }
 
@@ -231,7 +232,42 @@ def json_dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
-TASKS = {"gradient": _gradient, "run": _run}
+def _suggest(cfg) -> None:
+    import pandas as pd
+
+    from placement.io import write_atomic, write_json
+    from placement.kernels import KERNELS
+    from placement.suggest import SuggestConfig, read_table, suggest_arrays
+
+    t0 = time.perf_counter()
+    _enable_compile_cache(cfg)
+    X, y, names = read_table(cfg.data, None if cfg.x_columns is None else list(cfg.x_columns), str(cfg.y_column))
+    kname = next((n for n, c in KERNELS.items() if c.__name__ == cfg.kernel._target_.rsplit(".", 1)[-1]), "matern52")
+    scfg = SuggestConfig(k=int(cfg.k), criterion=str(cfg.criterion), kernel=kname, seed=int(cfg.seed),
+                         **{k: v for k, v in cfg.search.items()})
+    bounds = None if cfg.bounds is None else [list(b) if hasattr(b, "__len__") else b for b in cfg.bounds]
+    pts, info = suggest_arrays(X, y, bounds, scfg)
+    out = pd.DataFrame(pts, columns=names)
+    out["pred_mean"] = info["pred_mean"]
+    out["pred_sd"] = info["pred_sd"]
+    out[f"{scfg.criterion}_before"] = info["before"]
+    out[f"{scfg.criterion}_after"] = info["after"]
+    run_dir = _run_dir()
+    write_atomic(run_dir / "suggestions.csv", out.to_csv(index=False))
+    seconds = time.perf_counter() - t0
+    write_json(run_dir / "suggest.json", {"suggestions": pts, "criterion": scfg.criterion, "before": info["before"],
+                                          "after": info["after"], "bounds": info["bounds"], "seconds": seconds,
+                                          "hyper_ess": info["hyper_ess"], "versions": _versions()})
+    from placement.plots import suggestion_plot
+
+    suggestion_plot(X, y, pts, info, scfg.kernel, run_dir / "suggestions.png", names)
+    with pd.option_context("display.width", 120, "display.precision", 4):
+        print(out.to_string(index=False))
+    print(f"{scfg.criterion}: {info['before']:.4g} now -> {info['after']:.4g} after the batch (normalised units); "
+          f"{seconds:.1f} s -> {run_dir / 'suggestions.csv'}")
+
+
+TASKS = {"gradient": _gradient, "run": _run, "suggest": _suggest}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     from placement.errors import PlacementError
 
     def task(cfg: DictConfig) -> None:
+        for noisy in ("arviz", "arviz.preview", "jax._src.xla_bridge", "pymc"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         run_dir = _run_dir()
         created = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir()) if run_dir.exists() else True
         try:

@@ -74,3 +74,46 @@ def predictive(grid, mean, sd, X, y, path: Path, X0=None) -> Path:
     out = _save(fig, path)
     plt.close(fig)
     return out
+
+
+def suggestion_plot(X, y, pts, info, kernel, path: Path, names) -> Path:
+    """d = 1: data, mixture predictive +- 2 sd, suggested points. d = 2: heat map of predictive sd."""
+    from placement.suggest import mixture_predictive
+
+    plt = _plt()
+    b = info["bounds"]
+    span = b[:, 1] - b[:, 0]
+    y_mean, y_sd = info["y_scale"]
+    d = X.shape[1]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if d == 1:
+        g = np.linspace(0, 1, 200)[:, None]
+        m, s = mixture_predictive(kernel, info["Xn"], info["yn"], g, info["hyper"])
+        gx = g[:, 0] * span[0] + b[0, 0]
+        ax.plot(gx, m * y_sd + y_mean, color="C0", label="predictive mean")
+        ax.fill_between(gx, (m - 2 * s) * y_sd + y_mean, (m + 2 * s) * y_sd + y_mean, color="C0", alpha=0.25, label="+- 2 sd")
+        ax.scatter(X[:, 0], y, color="k", zorder=3, s=18, label="data")
+        for i, p in enumerate(pts[:, 0]):
+            ax.axvline(p, color="C3", ls="--", lw=1, label="suggested" if i == 0 else None)
+        ax.set_xlabel(names[0])
+        ax.legend(fontsize=8)
+    else:
+        n = 60
+        u = np.linspace(0, 1, n)
+        U, V = np.meshgrid(u, u)
+        g = np.zeros((n * n, d))
+        g[:, 0], g[:, 1] = U.ravel(), V.ravel()
+        if d > 2:
+            g[:, 2:] = 0.5
+        _, s = mixture_predictive(kernel, info["Xn"], info["yn"], g, info["hyper"])
+        im = ax.pcolormesh(U * span[0] + b[0, 0], V * span[1] + b[1, 0], (s * y_sd).reshape(n, n), shading="auto")
+        fig.colorbar(im, ax=ax, label="predictive sd")
+        ax.scatter(X[:, 0], X[:, 1], color="w", edgecolor="k", s=25, label="data")
+        ax.scatter(pts[:, 0], pts[:, 1], color="C3", marker="x", s=60, label="suggested")
+        ax.set_xlabel(names[0]); ax.set_ylabel(names[1])
+        ax.legend(fontsize=8)
+    ax.set_title(f"suggestions ({info['criterion']})")
+    fig.tight_layout()
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
