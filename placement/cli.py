@@ -87,6 +87,8 @@ def _gradient(cfg) -> None:
     out = write_json(_run_dir() / "gradient.json", result)
     print(_table(Xused, est))
     print(f"sampler={d.get('sampler')}  draws={d.get('num_draws')}  seconds={seconds:.2f}  -> {out}")
+    if d.get("note"):
+        print(f"note: {d['note']}", file=sys.stderr)
     if d.get("sampler") == "nuts":
         print("note: NUTS standard errors cannot see posterior regions the chains rarely visit; on the "
               "seed problem this under-states the error. Cross-check with sampler=importance.", file=sys.stderr)
@@ -244,6 +246,7 @@ def _suggest(cfg) -> None:
     X, y, names = read_table(cfg.data, None if cfg.x_columns is None else list(cfg.x_columns), str(cfg.y_column))
     kname = next((n for n, c in KERNELS.items() if c.__name__ == cfg.kernel._target_.rsplit(".", 1)[-1]), "matern52")
     scfg = SuggestConfig(k=int(cfg.k), criterion=str(cfg.criterion), kernel=kname, seed=int(cfg.seed),
+                         sampler=_suggest_mode(cfg.sampler),
                          **{k: v for k, v in cfg.search.items()})
     bounds = None if cfg.bounds is None else [list(b) if hasattr(b, "__len__") else b for b in cfg.bounds]
     pts, info = suggest_arrays(X, y, bounds, scfg)
@@ -265,6 +268,17 @@ def _suggest(cfg) -> None:
         print(out.to_string(index=False))
     print(f"{scfg.criterion}: {info['before']:.4g} now -> {info['after']:.4g} after the batch (normalised units); "
           f"{seconds:.1f} s -> {run_dir / 'suggestions.csv'}")
+
+
+def _suggest_mode(sampler_cfg) -> str:
+    from placement.errors import PlacementError
+
+    target = str(sampler_cfg.get("_target_", ""))
+    if target.endswith("MAPConfig"):
+        return "map"
+    if target.endswith("ISConfig"):
+        return "bayes"
+    raise PlacementError("placement suggest supports sampler=importance (fully Bayesian) or sampler=map.")
 
 
 TASKS = {"gradient": _gradient, "run": _run, "suggest": _suggest}

@@ -19,7 +19,7 @@ import numpy as np
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate, Sample, ess_bulk, estimate, make_terms
 from placement.importance import ISConfig, make_importance, proposal_from_moments
-from placement.laplace import make_laplace
+from placement.laplace import MAPConfig, make_laplace, make_map_gradient
 from placement.model import JaxModel
 from placement.quadrature import QuadConfig, check_supported, sinh_grid
 from placement.sampler import NUTSConfig, ReweightConfig, make_nuts, sampling_schedule, warmup_schedule
@@ -44,6 +44,10 @@ class Engine:
             if sampler_cfg.pilot == "laplace":
                 self.laplace = make_laplace(jm.logdensity)
             self.is_adapt, self.is_draw = make_importance(jm.logdensity, sampler_cfg)
+        elif isinstance(sampler_cfg, MAPConfig):
+            self.kind = "map"
+            self.laplace = make_laplace(jm.logdensity, sampler_cfg.num_starts, sampler_cfg.num_steps)
+            self.map_grad = make_map_gradient(jm.logdensity, jm.objective)
         elif isinstance(sampler_cfg, QuadConfig):
             self.kind = "quadrature"
             self.laplace = make_laplace(jm.logdensity)
@@ -68,6 +72,14 @@ class Engine:
                 prop = self.is_adapt(key, prop, X, y, iters=cfg.pilot_iters)
             return {"prop": prop}
         return {"laplace": self.laplace(key, self.theta0, X, y)}
+
+    def _map_estimate(self, key, state, X, y):
+        lap = self.laplace(key, state["laplace"].mode, X, y)
+        F, grad = self.map_grad(lap.mode, X, y)
+        diag = {"sampler": "map", "map_converged": bool(lap.converged), "divergences": 0, "rhat_max": float("nan"),
+                "ess_bulk_min": float("nan"), "note": "plug-in value at the MAP; not a posterior mean, no Monte Carlo error"}
+        grad = np.asarray(grad)
+        return {"laplace": lap}, GradientEstimate(float(F), grad, 0.0, np.zeros_like(grad), diag)
 
     def draw(self, key, state, X, y) -> tuple[dict, Sample]:
         """Draw (or lay out) points for the identity at design X."""
@@ -134,6 +146,11 @@ class Engine:
         """F and dF/dX at design X with standard errors; returns the new sampler state."""
         t0 = time.perf_counter()
         X, y = self._xy(X, y)
+        if self.kind == "map":
+            state, est = self._map_estimate(key, state, X, y)
+            est.diagnostics["num_draws"] = 0
+            est.diagnostics["seconds"] = time.perf_counter() - t0
+            return state, est
         state, sample = self.draw(key, state, X, y)
         est = estimate(self.terms, sample, X, y)
         est.diagnostics.setdefault("divergences", 0)

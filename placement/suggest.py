@@ -43,6 +43,7 @@ class SuggestConfig:
     steps: int = 150
     learning_rate: float = 0.02
     seed: int = 0
+    sampler: str = "bayes"  # "bayes": hyperparameter posterior; "map": the posterior mode only
 
 
 # -- input ------------------------------------------------------------------------------
@@ -122,14 +123,23 @@ def suggest_model(Xn, yn, kernel_cls):
     return model
 
 
-def hyper_draws(Xn, yn, kernel: str, num: int, seed: int):
-    """(ell (M, d), eta (M,), sigma (M,)) resampled by weight from the importance posterior."""
+def hyper_draws(Xn, yn, kernel: str, num: int, seed: int, sampler: str = "bayes"):
+    """(ell (M, d), eta (M,), sigma (M,), ess): M draws resampled by weight from the
+    importance posterior, or (sampler="map") the single posterior mode."""
     from placement.engine import Engine
     from placement.importance import ISConfig
     from placement.kernels import KERNELS
+    from placement.laplace import make_laplace
     from placement.model import from_pymc
 
     jm = from_pymc(suggest_model(Xn, yn, KERNELS[kernel]), "eta_sq")
+    if sampler == "map":
+        lap = make_laplace(jm.logdensity)(jax.random.PRNGKey(seed), jnp.asarray(jm.initial_point), Xn, yn)
+        nat = jm.constrain(lap.mode)
+        return (np.asarray(nat["ell"]).reshape(1, -1), np.asarray(nat["eta"]).reshape(1),
+                np.asarray(nat["sigma"]).reshape(1), 1.0)
+    if sampler != "bayes":
+        raise PlacementError(f"sampler must be 'bayes' or 'map' for suggest; got {sampler!r}.")
     eng = Engine(jm, ISConfig(num_samples=4096, adapt_samples=2048))
     key = jax.random.PRNGKey(seed)
     st = eng.init(key, Xn, yn)
@@ -259,7 +269,7 @@ def suggest_arrays(X, y, bounds, cfg: SuggestConfig):
     y_mean, y_sd = float(y.mean()), float(y.std()) or 1.0
     yn = (y - y_mean) / y_sd
     d = X.shape[1]
-    ell, eta, sigma, ess = hyper_draws(Xn, yn, cfg.kernel, cfg.num_hyper, cfg.seed)
+    ell, eta, sigma, ess = hyper_draws(Xn, yn, cfg.kernel, cfg.num_hyper, cfg.seed, cfg.sampler)
     G = grid_points(d, cfg.grid, cfg.seed)
     z = np.random.default_rng(cfg.seed).normal(size=(cfg.num_fantasies, int(cfg.k)))
     crit, current = make_criterion(cfg.criterion, cfg.kernel, Xn, yn, G, (ell, eta, sigma), jnp.asarray(z))

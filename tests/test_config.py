@@ -7,9 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from placement.cli import CONF_DIR
-from placement.constraints import Constraints
-from placement.engine import Engine
 from placement.importance import ISConfig
+from placement.laplace import MAPConfig
 from placement.quadrature import QuadConfig
 from placement.sampler import NUTSConfig
 
@@ -44,7 +43,7 @@ def test_optimizers_instantiate(opt):
 @pytest.mark.parametrize("sampler", GROUPS["sampler"])
 def test_samplers_instantiate(sampler):
     cfg = instantiate(_compose([f"sampler={sampler}"]).sampler)
-    assert isinstance(cfg, (NUTSConfig, ISConfig, QuadConfig))
+    assert isinstance(cfg, (NUTSConfig, ISConfig, QuadConfig, MAPConfig))
 
 
 @pytest.mark.parametrize("kernel", GROUPS["kernel"])

@@ -115,3 +115,12 @@ def test_cli_suggest_bad_input(tmp_path, fname, content, extra, message):
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert not out.exists()
+
+
+def test_map_mode_suggests_from_one_hyperparameter_setting():
+    rng = np.random.default_rng(3)
+    x = np.sort(rng.uniform(0, 10, 7))
+    out = suggest(pd.DataFrame({"x": x, "y": np.sin(x)}), k=2, bounds=[[0, 10]], sampler="map",
+                  restarts=2, steps=40, num_fantasies=4, grid=64)
+    ell, eta, sigma = out.attrs["info"]["hyper"]
+    assert ell.shape == (1, 1) and len(out) == 2 and out["x"].between(0, 10).all()
