@@ -76,13 +76,7 @@ def predictive_summary(engine: Engine, state, X, key, max_draws: int = 400):
     y = jm.y_at(X)
     _, sample = engine.draw(key, state, X, y)
     theta = jnp.asarray(sample.theta)
-    if sample.log_q is None:
-        W = np.full(len(theta), 1.0 / len(theta))
-    else:
-        logp = np.asarray(jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))(theta, jnp.asarray(X), jnp.asarray(y)))
-        log_w = np.where(np.isfinite(logp), logp - sample.log_q, -np.inf)
-        W = np.exp(log_w - log_w.max())
-        W /= W.sum()
+    W = engine.sample_weights(sample, X, y)
     idx = np.random.default_rng(0).choice(len(theta), size=min(max_draws, len(theta)), p=W)
     ex = jax.vmap(lambda t: jm.extras(t, jnp.asarray(X), jnp.asarray(y)))(theta[idx])
     if "pred_mu" not in ex or "pred_var" not in ex:

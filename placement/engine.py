@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from placement.errors import PlacementError
-from placement.estimator import GradientEstimate, Sample, ess_bulk, estimate, make_terms
+from placement.estimator import GradientEstimate, Sample, ess_bulk, estimate, make_terms, normalised_weights
 from placement.importance import ISConfig, make_importance, proposal_from_moments
 from placement.laplace import MAPConfig, make_laplace, make_map_gradient
 from placement.model import JaxModel
@@ -33,10 +33,10 @@ class Engine:
         self.cfg = sampler_cfg
         self.terms = make_terms(jm)
         self.theta0 = jnp.asarray(jm.initial_point)
+        self.vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
         if isinstance(sampler_cfg, NUTSConfig):
             self.kind = "reweight" if isinstance(sampler_cfg, ReweightConfig) else "nuts"
             self.nuts = make_nuts(jm.logdensity, sampler_cfg)
-            self.vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
         elif isinstance(sampler_cfg, ISConfig):
             self.kind = "importance"
             if sampler_cfg.pilot not in ("wide", "laplace"):
@@ -124,10 +124,7 @@ class Engine:
         """Reuse stored draws with weights p(.|X)/p(.|X_ref) while their ESS allows."""
         if "theta" in state:
             theta = state["theta"]
-            log_w = np.asarray(self.vlogp(jnp.asarray(theta), X, y)) - state["logp_ref"]
-            log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
-            W = np.exp(log_w - log_w.max())
-            W /= W.sum()
+            W = normalised_weights(self.vlogp(jnp.asarray(theta), X, y), state["logp_ref"])
             frac = 1.0 / np.sum(W**2) / len(W)
             if frac >= self.cfg.min_ess_fraction:
                 info = {"nuts_ran": False, "reweight_ess_fraction": float(frac)}
@@ -140,6 +137,13 @@ class Engine:
                    inflation=float(np.sqrt(max(N / max(ess, 1.0), 1.0))))
         sample.info["nuts_ran"] = True
         return new, sample
+
+    def sample_weights(self, sample: Sample, X, y) -> np.ndarray:
+        """Normalised weights of a sample's draws at design X (uniform for MCMC)."""
+        if sample.log_q is None:
+            return np.full(sample.theta.shape[0], 1.0 / sample.theta.shape[0])
+        X, y = self._xy(X, y)
+        return normalised_weights(self.vlogp(jnp.asarray(sample.theta), X, y), sample.log_q)
 
     # -- the estimate ----------------------------------------------------------------
     def gradient(self, key, state, X, y=None) -> tuple[dict, GradientEstimate]:

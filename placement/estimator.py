@@ -74,6 +74,14 @@ def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
     return terms
 
 
+def normalised_weights(log_p, log_q=None) -> np.ndarray:
+    """Self-normalised weights proportional to exp(log_p - log_q); non-finite entries get 0."""
+    log_w = np.asarray(log_p, dtype=np.float64) - (0.0 if log_q is None else np.asarray(log_q, dtype=np.float64))
+    log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
+    W = np.exp(log_w - log_w.max())
+    return W / W.sum()
+
+
 def weighted_identity(W, f, df, s):
     """Return F, grad, and the influence values psi_F (N,), psi_g (N, k) for weights W."""
     F = jnp.sum(W * f)

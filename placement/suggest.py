@@ -144,10 +144,7 @@ def hyper_draws(Xn, yn, kernel: str, num: int, seed: int, sampler: str = "bayes"
     key = jax.random.PRNGKey(seed)
     st = eng.init(key, Xn, yn)
     _, sample = eng.draw(jax.random.fold_in(key, 1), st, Xn, yn)
-    logp = np.asarray(jax.vmap(jm.logdensity, in_axes=(0, None, None))(jnp.asarray(sample.theta), Xn, yn))
-    log_w = np.where(np.isfinite(logp), logp - sample.log_q, -np.inf)
-    W = np.exp(log_w - log_w.max())
-    W /= W.sum()
+    W = eng.sample_weights(sample, Xn, yn)
     u = (np.arange(num) + np.random.default_rng(seed).uniform()) / num  # systematic resampling
     idx = np.minimum(np.searchsorted(np.cumsum(W), u), len(W) - 1)
     nat = jax.vmap(jm.constrain)(jnp.asarray(sample.theta[idx]))
