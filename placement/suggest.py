@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -123,121 +125,174 @@ def suggest_model(Xn, yn, kernel_cls):
     return model
 
 
-def hyper_draws(Xn, yn, kernel: str, num: int, seed: int, sampler: str = "bayes"):
-    """(ell (M, d), eta (M,), sigma (M,), ess): M draws resampled by weight from the
-    importance posterior, or (sampler="map") the single posterior mode."""
+@functools.lru_cache(maxsize=64)
+def _hyper_tools(kernel: str, n: int, d: int, sampler: str):
+    """Export the hyperparameter model once per (kernel, n, d, sampler) and keep its compiled
+    functions: a sequential user (or a benchmark) re-fitting at a data size seen before pays
+    no PyMC export and no compilation."""
     from placement.engine import Engine
     from placement.importance import ISConfig
     from placement.kernels import KERNELS
     from placement.laplace import make_laplace
     from placement.model import from_pymc
 
-    jm = from_pymc(suggest_model(Xn, yn, KERNELS[kernel]), "eta_sq")
+    if kernel not in KERNELS:
+        raise PlacementError(f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(KERNELS))}.")
+    placeholder = np.linspace(0.0, 1.0, n * d).reshape(n, d)  # shapes only; data are runtime inputs
+    jm = from_pymc(suggest_model(placeholder, np.zeros(n), KERNELS[kernel]), "eta_sq")
+    constrain = jax.jit(jax.vmap(jm.constrain))
     if sampler == "map":
-        lap = make_laplace(jm.logdensity)(jax.random.PRNGKey(seed), jnp.asarray(jm.initial_point), Xn, yn)
-        nat = jm.constrain(lap.mode)
+        return jm, constrain, make_laplace(jm.logdensity), None
+    return jm, constrain, None, Engine(jm, ISConfig(num_samples=4096, adapt_samples=2048))
+
+
+def hyper_draws(Xn, yn, kernel: str, num: int, seed: int, sampler: str = "bayes"):
+    """(ell (M, d), eta (M,), sigma (M,), ess): M draws resampled by weight from the
+    importance posterior, or (sampler="map") the single posterior mode."""
+    if sampler not in ("bayes", "map"):
+        raise PlacementError(f"sampler must be 'bayes' or 'map' for suggest; got {sampler!r}.")
+    Xn, yn = np.asarray(Xn, dtype=np.float64), np.asarray(yn, dtype=np.float64)
+    jm, constrain, laplace, eng = _hyper_tools(kernel, Xn.shape[0], Xn.shape[1], sampler)
+    key = jax.random.PRNGKey(seed)
+    if sampler == "map":
+        lap = laplace(key, jnp.asarray(jm.initial_point), Xn, yn)
+        nat = constrain(lap.mode[None, :])
         return (np.asarray(nat["ell"]).reshape(1, -1), np.asarray(nat["eta"]).reshape(1),
                 np.asarray(nat["sigma"]).reshape(1), 1.0)
-    if sampler != "bayes":
-        raise PlacementError(f"sampler must be 'bayes' or 'map' for suggest; got {sampler!r}.")
-    eng = Engine(jm, ISConfig(num_samples=4096, adapt_samples=2048))
-    key = jax.random.PRNGKey(seed)
     st = eng.init(key, Xn, yn)
     _, sample = eng.draw(jax.random.fold_in(key, 1), st, Xn, yn)
     W = eng.sample_weights(sample, Xn, yn)
     u = (np.arange(num) + np.random.default_rng(seed).uniform()) / num  # systematic resampling
     idx = np.minimum(np.searchsorted(np.cumsum(W), u), len(W) - 1)
-    nat = jax.vmap(jm.constrain)(jnp.asarray(sample.theta[idx]))
+    nat = constrain(jnp.asarray(sample.theta[idx]))
     ell = np.asarray(nat["ell"]).reshape(num, -1)
-    return ell, np.asarray(nat["eta"]), np.asarray(nat["sigma"]), float(1.0 / np.sum(W**2))
+    return ell, np.asarray(nat["eta"]).reshape(num), np.asarray(nat["sigma"]).reshape(num), float(1.0 / np.sum(W**2))
 
 
 # -- criteria ------------------------------------------------------------------------------
-def make_criterion(kind, kernel, Xn, yn, G, hyper, z):
-    """criterion(B (k, d)) -> scalar to minimise, and the current value without a batch."""
-    ell, eta, sigma = (jnp.asarray(h) for h in hyper)
-    M = eta.shape[0]
-    X, y, G = jnp.asarray(Xn), jnp.asarray(yn), jnp.asarray(G)
+class CritData(NamedTuple):
+    """Everything a criterion reads besides the batch: runtime arrays, so one compiled
+    search serves every data set of the same shapes."""
+
+    X: jax.Array  # (n, d) normalised inputs
+    y: jax.Array  # (n,) standardised outputs
+    G: jax.Array  # (g, d) integration points in [0, 1]^d
+    ell: jax.Array  # (M, d) hyperparameter draws
+    eta: jax.Array  # (M,)
+    sigma: jax.Array  # (M,)
+    z: jax.Array  # (J, k) fixed normal draws for the fantasies
+
+
+def _post_with(kernel, data: CritData, B, Y):
+    """Per hyperparameter draw: predictive mean at G for each column of Y, variance at G,
+    after adding the batch B to the data."""
+    Xa = jnp.concatenate([data.X, B])
+
+    def one(l, e, s):
+        K = gpjax.kernel_matrix(kernel, Xa, Xa, l, e) + (s**2 + 1e-9) * jnp.eye(Xa.shape[0])
+        L = jnp.linalg.cholesky(K)
+        Kg = gpjax.kernel_matrix(kernel, Xa, data.G, l, e)
+        A = jax.scipy.linalg.solve_triangular(L, Kg, lower=True)
+        return Kg.T @ jax.scipy.linalg.cho_solve((L, True), Y), jnp.maximum(e**2 - jnp.sum(A * A, 0), 1e-12)
+
+    return jax.vmap(one)(data.ell, data.eta, data.sigma)
+
+
+def _batch_pred(kernel, data: CritData, B):
+    return jax.vmap(lambda l, e, s: gpjax.batch_predictive(kernel, data.X, data.y, B, l, e, s))(data.ell, data.eta, data.sigma)
+
+
+def _etv(kernel, B, data: CritData):
+    M = data.eta.shape[0]
     logw = jnp.full(M, -jnp.log(M))
+    mu_b, C_b = _batch_pred(kernel, data, B)  # (M, k), (M, k, k)
+    J = data.z.shape[0]
+    src = jnp.arange(J) % M
+    fant = mu_b[src] + jnp.einsum("jab,jb->ja", jnp.linalg.cholesky(C_b[src]), data.z)  # (J, k)
+    ll = jax.vmap(lambda m, C: jax.vmap(lambda f: gpjax.mvn_logpdf(f, m, C))(fant))(mu_b, C_b)  # (M, J)
+    W = jax.nn.softmax(logw[:, None] + ll, axis=0)  # (M, J): posterior weights given each fantasy
+    Y = jnp.concatenate([jnp.broadcast_to(data.y[:, None], (data.y.shape[0], J)), fant.T])  # (n + k, J)
+    mean, var = _post_with(kernel, data, B, Y)  # (M, G, J), (M, G)
+    m = jnp.einsum("mj,mgj->gj", W, mean)
+    second = jnp.einsum("mj,mg->gj", W, var) + jnp.einsum("mj,mgj->gj", W, mean**2)
+    return jnp.mean(second - m**2)
 
-    def post_with(B, Y):
-        """Per hyperparameter draw: predictive mean at G for each column of Y, variance at G."""
-        Xa = jnp.concatenate([X, B])
 
-        def one(l, e, s):
-            K = gpjax.kernel_matrix(kernel, Xa, Xa, l, e) + (s**2 + 1e-9) * jnp.eye(Xa.shape[0])
-            L = jnp.linalg.cholesky(K)
-            Kg = gpjax.kernel_matrix(kernel, Xa, G, l, e)
-            A = jax.scipy.linalg.solve_triangular(L, Kg, lower=True)
-            return Kg.T @ jax.scipy.linalg.cho_solve((L, True), Y), jnp.maximum(e**2 - jnp.sum(A * A, 0), 1e-12)
+def _fixed_var(kernel, B, data: CritData):
+    _, var = _post_with(kernel, data, B, jnp.concatenate([data.y, jnp.zeros(B.shape[0])])[:, None])
+    return jnp.mean(var, 0)  # (G,) posterior-averaged variance at fixed hyperparameters
 
-        return jax.vmap(one, in_axes=(0, 0, 0))(ell, eta, sigma)
 
-    def batch_pred(B):
-        return jax.vmap(lambda l, e, s: gpjax.batch_predictive(kernel, X, y, B, l, e, s), in_axes=(0, 0, 0))(ell, eta, sigma)
+def _ivar(kernel, B, data):
+    return jnp.mean(_fixed_var(kernel, B, data))
 
-    def total_var(W, mean, var):
-        # W (M,), mean (M, G), var (M, G): variance of the mixture predictive
-        m = W @ mean
-        return W @ (var + mean**2) - m**2
 
-    def current():
-        mean, var = jax.vmap(lambda l, e, s: gpjax.posterior(kernel, X, y, G, l, e, s), in_axes=(0, 0, 0))(ell, eta, sigma)
-        W = jnp.exp(logw)
-        return {"expected_total_variance": jnp.mean(total_var(W, mean, var)),
-                "integrated_variance": jnp.mean(W @ var), "max_variance": jnp.max(W @ var),
-                "mutual_information": jnp.asarray(0.0)}[kind]
+def _mvar(kernel, B, data):
+    return jnp.max(_fixed_var(kernel, B, data))
 
-    def etv(B):
-        mu_b, C_b = batch_pred(B)  # (M, k), (M, k, k)
-        J = z.shape[0]
-        src = jnp.arange(J) % M
-        fant = mu_b[src] + jnp.einsum("jab,jb->ja", jnp.linalg.cholesky(C_b[src]), z)  # (J, k)
-        ll = jax.vmap(lambda m, C: jax.vmap(lambda f: gpjax.mvn_logpdf(f, m, C))(fant))(mu_b, C_b)  # (M, J)
-        W = jax.nn.softmax(logw[:, None] + ll, axis=0)  # (M, J)
-        Y = jnp.concatenate([jnp.broadcast_to(y[:, None], (y.shape[0], J)), fant.T])  # (n + k, J)
-        mean, var = post_with(B, Y)  # (M, G, J), (M, G)
-        m = jnp.einsum("mj,mgj->gj", W, mean)
-        second = jnp.einsum("mj,mg->gj", W, var) + jnp.einsum("mj,mgj->gj", W, mean**2)
-        return jnp.mean(second - m**2)
 
-    def ivar(B):
-        _, var = post_with(B, jnp.concatenate([y, jnp.zeros(B.shape[0])])[:, None])
-        return jnp.mean(jnp.exp(logw) @ var)
+def _neg_mi(kernel, B, data):
+    _, C_b = _batch_pred(kernel, data, B)
+    logdet = jax.vmap(lambda C, s: jnp.linalg.slogdet(C / (s**2 + 1e-9))[1])(C_b, data.sigma)
+    return -0.5 * jnp.mean(logdet)
 
-    def mvar(B):
-        _, var = post_with(B, jnp.concatenate([y, jnp.zeros(B.shape[0])])[:, None])
-        return jnp.max(jnp.exp(logw) @ var)
 
-    def neg_mi(B):
-        _, C_b = batch_pred(B)
-        logdet = jax.vmap(lambda C, s: jnp.linalg.slogdet(C / (s**2 + 1e-9))[1])(C_b, sigma)
-        return -0.5 * jnp.mean(logdet)
+_CRITERIA = {"expected_total_variance": _etv, "integrated_variance": _ivar, "max_variance": _mvar,
+             "mutual_information": _neg_mi}
 
-    fns = {"expected_total_variance": etv, "integrated_variance": ivar, "max_variance": mvar, "mutual_information": neg_mi}
-    if kind not in fns:
+
+def _current(kind, kernel, data: CritData):
+    """The criterion's value for the data in hand (no batch)."""
+    mean, var = jax.vmap(lambda l, e, s: gpjax.posterior(kernel, data.X, data.y, data.G, l, e, s))(data.ell, data.eta, data.sigma)
+    if kind == "expected_total_variance":
+        return jnp.mean(jnp.mean(var + mean**2, 0) - jnp.mean(mean, 0) ** 2)
+    if kind == "integrated_variance":
+        return jnp.mean(var)
+    if kind == "max_variance":
+        return jnp.max(jnp.mean(var, 0))
+    return jnp.asarray(0.0)
+
+
+def crit_data(Xn, yn, G, hyper, z) -> CritData:
+    ell, eta, sigma = hyper
+    f = lambda a: jnp.asarray(a, dtype=jnp.float64)  # noqa: E731
+    return CritData(f(Xn), f(yn), f(G), f(ell).reshape(f(eta).shape[0], -1), f(eta).reshape(-1), f(sigma).reshape(-1), f(z))
+
+
+def make_criterion(kind, kernel, Xn, yn, G, hyper, z):
+    """criterion(B (k, d)) -> scalar to minimise, and current() -> its value without a batch."""
+    if kind not in _CRITERIA:
         raise PlacementError(f"unknown criterion {kind!r}; choose one of {', '.join(CRITERIA)}.")
-    return fns[kind], current
+    data = crit_data(Xn, yn, G, hyper, z)
+    return (lambda B: _CRITERIA[kind](kernel, B, data)), (lambda: _current(kind, kernel, data))
 
 
-def search(fn, k: int, d: int, restarts: int, steps: int, lr: float, seed: int):
-    """Projected adam on [0, 1]^(k x d) from Sobol starts; returns the best batch and value."""
-    from scipy.stats import qmc
-
-    starts = qmc.Sobol(d=k * d, scramble=True, seed=seed).random(max(restarts, 1)).reshape(-1, k, d)
+@functools.lru_cache(maxsize=32)
+def _searcher(kind: str, kernel: str, steps: int, lr: float):
+    """Jitted ``(starts (R, k, d), data) -> (batches, values)``: projected adam from each start.
+    Compiled once per (criterion, kernel, steps, lr) and shapes; data are runtime inputs."""
     opt = optax.adam(lr)
+    fn = functools.partial(_CRITERIA[kind], kernel)
 
-    def run(B0):
+    def run(B0, data):
         def body(carry, _):
             B, st = carry
-            v, g = jax.value_and_grad(fn)(B)
+            v, g = jax.value_and_grad(fn)(B, data)
             upd, st = opt.update(g, st, B)
             return (jnp.clip(optax.apply_updates(B, upd), 0.0, 1.0), st), v
 
         (B, _), _ = jax.lax.scan(body, (B0, opt.init(B0)), None, length=steps)
-        return B, fn(B)
+        return B, fn(B, data)
 
-    Bs, vals = jax.jit(jax.vmap(run))(jnp.asarray(starts))
+    return jax.jit(jax.vmap(run, in_axes=(0, None)))
+
+
+def search(kind, kernel, data: CritData, k: int, d: int, restarts: int, steps: int, lr: float, seed: int):
+    """Projected adam on [0, 1]^(k x d) from scrambled Sobol starts; the best batch and value."""
+    from scipy.stats import qmc
+
+    starts = qmc.Sobol(d=k * d, scramble=True, seed=seed).random(max(restarts, 1)).reshape(-1, k, d)
+    Bs, vals = _searcher(kind, kernel, int(steps), float(lr))(jnp.asarray(starts), data)
     vals = np.where(np.isfinite(np.asarray(vals)), np.asarray(vals), np.inf)
     best = int(np.argmin(vals))
     return np.asarray(Bs[best]), float(vals[best])
@@ -269,9 +324,9 @@ def suggest_arrays(X, y, bounds, cfg: SuggestConfig):
     ell, eta, sigma, ess = hyper_draws(Xn, yn, cfg.kernel, cfg.num_hyper, cfg.seed, cfg.sampler)
     G = grid_points(d, cfg.grid, cfg.seed)
     z = np.random.default_rng(cfg.seed).normal(size=(cfg.num_fantasies, int(cfg.k)))
-    crit, current = make_criterion(cfg.criterion, cfg.kernel, Xn, yn, G, (ell, eta, sigma), jnp.asarray(z))
-    Bn, after = search(crit, int(cfg.k), d, cfg.restarts, cfg.steps, cfg.learning_rate, cfg.seed)
-    before = float(current())
+    data = crit_data(Xn, yn, G, (ell, eta, sigma), z)
+    Bn, after = search(cfg.criterion, cfg.kernel, data, int(cfg.k), d, cfg.restarts, cfg.steps, cfg.learning_rate, cfg.seed)
+    before = float(_current(cfg.criterion, cfg.kernel, data))
     if cfg.criterion == "mutual_information":
         after = -after
     mean, sd = mixture_predictive(cfg.kernel, Xn, yn, Bn, (ell, eta, sigma))
