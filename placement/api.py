@@ -16,6 +16,7 @@ from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
 from placement.model import JaxModel, from_pymc
 from placement.problems import load_builder
+from placement.retry import RetryConfig, diagnose, robust_gradient
 from placement.simulate import simulator_of, with_simulator
 
 
@@ -101,8 +102,11 @@ def check_design(X, jm: JaxModel) -> np.ndarray:
     return X
 
 
-def gradient(problem: Problem, sampler_cfg: Any, X=None, seed: int = 0, engine: Engine | None = None) -> GradientEstimate:
-    """F and dF/dX at X (default: the problem's design) with standard errors."""
+def gradient(problem: Problem, sampler_cfg: Any, X=None, seed: int = 0, engine: Engine | None = None,
+             retry: RetryConfig | None = None) -> GradientEstimate:
+    """F and dF/dX at X (default: the problem's design) with standard errors. On sampler
+    trouble it retries with safer settings (``retry``); ``diagnostics["attempts"]`` and
+    ``["actions"]`` say what was done and ``["trusted"]`` whether it worked."""
     t0 = time.perf_counter()
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
@@ -110,34 +114,18 @@ def gradient(problem: Problem, sampler_cfg: Any, X=None, seed: int = 0, engine: 
     key = jax.random.PRNGKey(seed)
     k1, k2 = jax.random.split(key)
     state = engine.init(k1, X, jm.y)
-    _, est = engine.gradient(k2, state, X, jm.y)
+    _, est, attempts = robust_gradient(engine, k2, state, X, jm.y, retry or RetryConfig())
+    est.diagnostics.update(attempts.summary())
     est.diagnostics["seconds_total"] = time.perf_counter() - t0
     return est
 
 
-def trust_problems(est: GradientEstimate, sampler_cfg: Any = None) -> list[str]:
+def trust_problems(est: GradientEstimate, sampler_cfg: Any = None, retry: RetryConfig | None = None) -> list[str]:
     """Reasons not to trust an estimate, each with what to try; empty when it looks fine."""
+    out = [m for _, m in diagnose(est, retry or RetryConfig())]
     d = est.diagnostics
-    out = []
-    if not (np.isfinite(est.F) and np.all(np.isfinite(est.grad))):
-        out.append("the estimate is not finite: check the model's log density at the design.")
-    rhat = d.get("rhat_max")
-    if rhat is not None and np.isfinite(rhat) and rhat > 1.01:
-        out.append(f"chains disagree (r_hat {rhat:.3f} > 1.01): raise sampler.num_warmup / num_draws, "
-                   "or use sampler=importance.")
-    if d.get("divergences", 0) > 0:
-        out.append(f"{d['divergences']} divergent transitions: raise sampler.target_accept (e.g. 0.99) "
-                   "or use sampler=importance.")
-    if d.get("sampler") == "nuts" and d.get("ess_bulk_min", np.inf) < 100:
-        out.append(f"bulk ESS {d['ess_bulk_min']:.0f} < 100: raise sampler.num_draws.")
-    if d.get("sampler") in ("importance", "reweight") and "pareto_k" in d:
-        k = d.get("pareto_k", 0.0)
-        if np.isfinite(k) and k > 0.7:
-            out.append(f"importance weights are heavy-tailed (Pareto k {k:.2f} > 0.7): raise "
-                       "sampler.adapt_iters or sampler.pilot_iters, or use sampler=quadrature.")
+    if d.get("sampler") in ("importance", "reweight") and sampler_cfg is not None:
         frac = d.get("ess_weights", 0.0) / max(d.get("num_draws", 1), 1)
-        if sampler_cfg is not None and frac < getattr(sampler_cfg, "min_ess_fraction", 0.0):
+        if frac < getattr(sampler_cfg, "min_ess_fraction", 0.0):
             out.append(f"weight ESS is {100 * frac:.1f}% of the draws: raise sampler.adapt_iters.")
-    if d.get("sampler") == "quadrature" and d.get("edge_mass", 0.0) > 1e-4:
-        out.append(f"{d['edge_mass']:.1e} of the mass sits on the grid's edge: raise sampler.reach.")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,15 @@ COMMANDS = {
 }
 
 log = logging.getLogger("placement")
+
+
+class _Terminated(Exception):
+    """SIGTERM, turned into an exception so the run ends like an interrupt (outputs are
+    written atomically, so whatever was last written is whole)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
 
 
 def _usage() -> str:
@@ -44,6 +54,16 @@ def _enable_compile_cache(cfg) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def _retry_cfg(cfg):
+    from placement.errors import PlacementError
+    from placement.retry import RetryConfig
+
+    try:
+        return RetryConfig(**dict(cfg.get("retry") or {}))
+    except TypeError as e:
+        raise PlacementError(f"retry: {e}; see conf/run.yaml for the keys.") from None
+
+
 def _run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -63,10 +83,11 @@ def _gradient(cfg) -> None:
     kernel = instantiate(cfg.kernel)
     problem = build_problem(cfg.problem, kernel, cfg.objective.name)
     X = None if cfg.get("X") is None else list(cfg.X)
-    est = gradient(problem, sampler_cfg, X=X, seed=int(cfg.seed))
+    retry = _retry_cfg(cfg)
+    est = gradient(problem, sampler_cfg, X=X, seed=int(cfg.seed), retry=retry)
     seconds = time.perf_counter() - t0
     d = est.diagnostics
-    problems = trust_problems(est, sampler_cfg)
+    problems = trust_problems(est, sampler_cfg, retry)
     Xused = problem.jm.X if X is None else np.asarray(X, dtype=float)
     result = {
         "X": Xused,
@@ -80,6 +101,8 @@ def _gradient(cfg) -> None:
         "seconds": seconds,
         "trusted": not problems,
         "warnings": problems,
+        "attempts": d.get("attempts", 1),
+        "actions": d.get("actions", ""),
         "sampler": d.get("sampler"),
         "objective": problem.jm.objective_name,
         "diagnostics": d,
@@ -92,6 +115,8 @@ def _gradient(cfg) -> None:
     if d.get("sampler") == "nuts":
         print("note: NUTS standard errors cannot see posterior regions the chains rarely visit; on the "
               "seed problem this under-states the error. Cross-check with sampler=importance.", file=sys.stderr)
+    if d.get("actions"):
+        print(f"sampler trouble ({d.get('trouble')}); retried: {d['actions']}", file=sys.stderr)
     for p in problems:
         print(f"WARNING: {p}", file=sys.stderr)
     if problems:
@@ -159,7 +184,7 @@ def _run(cfg) -> None:
     kernel = instantiate(cfg.kernel)
     steps = int(cfg.steps)
     loop_cfg = LoopConfig(steps=steps, direction=cfg.objective.direction, grad_tol=float(cfg.stop.grad_tol),
-                          patience=int(cfg.stop.patience))
+                          patience=int(cfg.stop.patience), retry=_retry_cfg(cfg))
     optimizer = instantiate(cfg.optimizer)
     problem = build_problem(cfg.problem, kernel, cfg.objective.name)
     jm = problem.jm
@@ -201,6 +226,8 @@ def _run(cfg) -> None:
         "steps": state.step, "stop_reason": state.stop_reason, "objective": cfg.objective.name,
         "direction": cfg.objective.direction, "seconds": time.perf_counter() - t0,
         "step_seconds_median": float(np.median([r["step_seconds"] for r in state.rows])),
+        "untrusted_steps": [r["step"] for r in state.rows if not r.get("trusted", 1)],
+        "retried_steps": [r["step"] for r in state.rows if r.get("attempts", 1) > 1],
         "settings": resolved, "versions": _versions(),
     }
     if cfg.plots:
@@ -219,6 +246,17 @@ def _run(cfg) -> None:
     print(f"{cfg.objective.name} ({cfg.objective.direction}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
           f"{state.step} steps ({state.stop_reason}); {result['seconds']:.1f} s -> {out}")
     print("final X:", np.array2string(X_final, precision=4, max_line_width=100))
+    if result["retried_steps"]:
+        print(f"note: sampler trouble at steps {result['retried_steps']}; retried with safer settings "
+              "(see the actions column of trajectory.csv).", file=sys.stderr)
+    if result["untrusted_steps"]:
+        print(f"WARNING: the estimate at steps {result['untrusted_steps']} failed every retry; X was not moved "
+              "there (trusted=0 in trajectory.csv).", file=sys.stderr)
+    if state.stop_reason == "sampler_trouble":
+        print(f"error: stopped after {loop_cfg.retry.max_untrusted} consecutive untrusted steps; the outputs are "
+              "complete up to there. Try sampler=importance, a larger sampler.num_warmup, or tighter constraints.",
+              file=sys.stderr)
+        sys.exit(3)
 
 
 def _lo_hi(domain, i):
@@ -312,11 +350,12 @@ def main(argv: list[str] | None = None) -> int:
             TASKS[cmd](cfg)
         except PlacementError as e:
             _fail(str(e), run_dir, created)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated) as e:
             print(f"interrupted; the last completed step is saved. Continue with: placement {cmd} "
                   f"resume=true hydra.run.dir={run_dir} (and the same overrides)", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(143 if isinstance(e, _Terminated) else 130)
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     sys.argv = [f"placement-{cmd}"] + rest
     hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
     return 0

@@ -117,6 +117,13 @@ def _mcmc_se(psi: np.ndarray, chains: int, batches: int = 20) -> tuple[np.ndarra
     return se, np.clip((sd / np.maximum(se, 1e-300)) ** 2, 1.0, N)
 
 
+def _finite_extreme(a, fn) -> float:
+    """fn over the finite entries (NaN draws come from a failed sampler: the retry logic
+    sees them through the estimate), NaN if there are none."""
+    a = np.asarray(a)[np.isfinite(a)]
+    return float(fn(a)) if a.size else float("nan")
+
+
 def _mcmc_diagnostics(sample: Sample, f: np.ndarray) -> dict:
     c = sample.chains
     N, p = sample.theta.shape
@@ -125,8 +132,8 @@ def _mcmc_diagnostics(sample: Sample, f: np.ndarray) -> dict:
     if c >= 2 and N // c >= 4:
         rh = np.asarray(rhat_split(series, chain_axis=0, sample_axis=1))
         ess = np.asarray(ess_bulk(series, chain_axis=0, sample_axis=1))
-        out["rhat_max"] = float(np.nanmax(rh))
-        out["ess_bulk_min"] = float(np.nanmin(ess))
+        out["rhat_max"] = _finite_extreme(rh, np.max)
+        out["ess_bulk_min"] = _finite_extreme(ess, np.min)
     else:
         out["rhat_max"] = float("nan")
         out["ess_bulk_min"] = float("nan")

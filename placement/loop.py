@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -24,6 +24,7 @@ from placement.constraints import Constraints, project
 from placement.engine import Engine
 from placement.errors import PlacementError
 from placement.io import write_atomic_bytes
+from placement.retry import RetryConfig, robust_gradient
 
 
 @dataclass(frozen=True)
@@ -31,12 +32,14 @@ class LoopConfig:
     """steps: outer steps at most; direction: minimize | maximize F;
     grad_tol: stop when |dF/dX| falls below this (0 = never);
     patience: stop when F has not changed by more than 2 standard errors for this many
-    consecutive steps (0 = never)."""
+    consecutive steps (0 = never); retry: what counts as sampler trouble and how often to
+    retry with safer settings (see placement.retry)."""
 
     steps: int = 50
     direction: str = "minimize"
     grad_tol: float = 0.0
     patience: int = 0
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
     def __post_init__(self):
         if self.direction not in ("minimize", "maximize"):
@@ -54,9 +57,10 @@ class OuterState(NamedTuple):
     rows: list  # trajectory rows so far
     stalled: int  # consecutive steps without a significant change of F
     stop_reason: str | None
+    untrusted: int = 0  # consecutive steps whose estimate failed every retry
 
 
-def _row(step, X, est, seconds):
+def _row(step, X, est, seconds, attempts=None):
     d = est.diagnostics
     row = {"step": step, "F": est.F, "F_se": est.F_se, "grad_norm": float(np.linalg.norm(est.grad))}
     for i, x in enumerate(np.asarray(X).reshape(len(X), -1)):
@@ -66,6 +70,8 @@ def _row(step, X, est, seconds):
                step_seconds=seconds)
     if "nuts_ran" in d:
         row["nuts_ran"] = int(d["nuts_ran"])
+    if attempts is not None:
+        row.update(attempts.summary())
     return row
 
 
@@ -77,35 +83,41 @@ def initial_state(engine: Engine, X0, optimizer: optax.GradientTransformation, s
 
 
 def outer_step(engine: Engine, state: OuterState, optimizer, constraints: Constraints, cfg: LoopConfig) -> OuterState:
-    """One step: estimate at state.X, record, maybe stop, else update and project X."""
+    """One step: estimate at state.X (retrying with safer sampler settings on trouble),
+    record, maybe stop, else update and project X. An estimate that fails every retry is
+    recorded as untrusted and X stays where it is; the sampler starts afresh next step."""
     t0 = time.perf_counter()
     X = state.X
     k = jax.random.fold_in(state.key, state.step)
-    sstate, est = engine.gradient(k, state.sampler_state, X, engine.jm.y_at(X))
-    if not (np.isfinite(est.F) and np.all(np.isfinite(est.grad))):
-        raise PlacementError(f"step {state.step}: the estimate is not finite (F={est.F}); the model's density "
-                             "may be undefined at this design. Try tighter constraints or a smaller learning rate.")
-    rows = state.rows + [_row(state.step, X, est, 0.0)]
-    stalled = state.stalled
-    if len(rows) > 1:
-        prev = rows[-2]
-        same = abs(est.F - prev["F"]) <= 2.0 * np.hypot(est.F_se, prev["F_se"])
-        stalled = stalled + 1 if same else 0
+    y = engine.jm.y_at(X)
+    sstate, est, attempts = robust_gradient(engine, k, state.sampler_state, X, y, cfg.retry)
+    rows = state.rows + [_row(state.step, X, est, 0.0, attempts)]
+    stalled, untrusted = state.stalled, 0
+    if not attempts.trusted:
+        untrusted = state.untrusted + 1
+        sstate = engine.init(jax.random.fold_in(k, 2000), X, y)
+    else:
+        prev = next((r for r in reversed(rows[:-1]) if r.get("trusted", 1)), None)
+        if prev is not None:
+            same = abs(est.F - prev["F"]) <= 2.0 * np.hypot(est.F_se, prev["F_se"])
+            stalled = stalled + 1 if same else 0
     stop = None
-    if cfg.grad_tol > 0 and rows[-1]["grad_norm"] < cfg.grad_tol:
+    if attempts.trusted and cfg.grad_tol > 0 and rows[-1]["grad_norm"] < cfg.grad_tol:
         stop = "grad_tol"
-    elif cfg.patience > 0 and stalled >= cfg.patience:
+    elif attempts.trusted and cfg.patience > 0 and stalled >= cfg.patience:
         stop = "patience"
+    elif cfg.retry.max_untrusted > 0 and untrusted >= cfg.retry.max_untrusted:
+        stop = "sampler_trouble"
     elif state.step + 1 >= cfg.steps:
         stop = "steps"
     sign = 1.0 if cfg.direction == "minimize" else -1.0
     X_new, opt_state = X, state.opt_state
-    if stop is None:
+    if stop is None and attempts.trusted:
         updates, opt_state = optimizer.update(sign * est.grad, state.opt_state, X)
         X_new = project(np.asarray(optax.apply_updates(X, updates)), X, constraints)
     rows[-1]["step_seconds"] = time.perf_counter() - t0
     return OuterState(state.step + 1, X_new, jax.device_get(opt_state), jax.device_get(sstate), state.key, rows,
-                      stalled, stop)
+                      stalled, stop, untrusted)
 
 
 def save_checkpoint(path: Path, state: OuterState, fingerprint: str = "") -> None:

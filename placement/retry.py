@@ -1,0 +1,153 @@
+"""Sampler trouble: detect it, retry with safer settings, and say what was done.
+
+``diagnose`` turns an estimate's diagnostics into trouble codes (non-finite values,
+divergences, r_hat, tiny ESS, heavy-tailed importance weights, grid-edge mass).
+``robust_gradient`` calls the engine and, while there is trouble, retries from
+re-initialised sampler state with safer settings (NUTS: higher target_accept, longer
+warm-up, more draws; importance: a fresh pilot, longer adaptation, more draws). Every
+attempt is recorded; if the last one still fails the estimate is returned marked
+untrusted, and the caller must not step on it.
+
+The safer engines are built lazily and cached on the engine, so a run without trouble
+compiles nothing extra, and one with trouble compiles each level once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from placement.engine import Engine
+from placement.errors import PlacementError
+from placement.estimator import GradientEstimate
+from placement.importance import ISConfig
+from placement.sampler import NUTSConfig
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """max_retries: safer attempts after the first; rhat_max, min_ess, max_divergences,
+    max_pareto_k: what counts as trouble; max_untrusted: consecutive untrusted steps
+    after which a run stops (0 = never)."""
+
+    max_retries: int = 2
+    rhat_max: float = 1.01
+    min_ess: float = 100.0
+    max_divergences: int = 0
+    max_pareto_k: float = 0.7
+    max_edge_mass: float = 1e-4
+    max_untrusted: int = 5
+
+    def __post_init__(self):
+        if self.max_retries < 0 or self.max_untrusted < 0:
+            raise PlacementError("retry.max_retries and retry.max_untrusted must be >= 0.")
+
+
+class Attempts(NamedTuple):
+    """What robust_gradient did: trouble codes per attempt and the actions taken."""
+
+    trouble: list  # list of lists of codes, one per attempt
+    actions: list  # one string per retry
+    trusted: bool
+
+    def summary(self) -> dict:
+        return {"attempts": len(self.trouble), "trouble": "+".join(self.trouble[0]) if self.trouble else "",
+                "actions": "; ".join(self.actions), "trusted": int(self.trusted)}
+
+
+def diagnose(est: GradientEstimate, cfg: RetryConfig = RetryConfig()) -> list[tuple[str, str]]:
+    """(code, message with what to try) for each kind of trouble in ``est``; empty if none."""
+    d = est.diagnostics
+    out = []
+    finite = np.isfinite(est.F) and np.all(np.isfinite(est.grad)) and np.isfinite(est.F_se) and np.all(np.isfinite(est.grad_se))
+    if not finite:
+        out.append(("nan", "the estimate is not finite: the log density may be undefined at this design "
+                           "(check the model there, or tighten the constraints)."))
+    rhat = d.get("rhat_max")
+    if rhat is not None and np.isfinite(rhat) and rhat > cfg.rhat_max:
+        out.append(("rhat", f"chains disagree (r_hat {rhat:.3f} > {cfg.rhat_max}): raise sampler.num_warmup / "
+                            "num_draws, or use sampler=importance."))
+    if d.get("divergences", 0) > cfg.max_divergences:
+        out.append(("divergences", f"{d['divergences']} divergent transitions: raise sampler.target_accept "
+                                   "(e.g. 0.99) or use sampler=importance."))
+    ess = d.get("ess_bulk_min")
+    if d.get("sampler") in ("nuts", "reweight") and ess is not None and np.isfinite(ess) and ess < cfg.min_ess:
+        out.append(("ess", f"bulk ESS {ess:.0f} < {cfg.min_ess:.0f}: raise sampler.num_draws."))
+    if d.get("sampler") in ("importance", "reweight") and "pareto_k" in d:
+        k = d.get("pareto_k", 0.0)
+        if np.isfinite(k) and k > cfg.max_pareto_k:
+            out.append(("pareto_k", f"importance weights are heavy-tailed (Pareto k {k:.2f} > {cfg.max_pareto_k}): "
+                                    "raise sampler.adapt_iters or sampler.pilot_iters, or use sampler=quadrature."))
+    if d.get("sampler") == "quadrature" and d.get("edge_mass", 0.0) > cfg.max_edge_mass:
+        out.append(("edge", f"{d['edge_mass']:.1e} of the mass sits on the grid's edge: raise sampler.reach."))
+    return out
+
+
+def safer_config(cfg: Any, level: int) -> tuple[Any, str]:
+    """The sampler settings for retry ``level`` (1, 2, ...) and a description of them."""
+    f = 2**level
+    if isinstance(cfg, NUTSConfig):
+        ta = 1.0 - (1.0 - cfg.target_accept) / f
+        new = replace(cfg, target_accept=ta, num_warmup=cfg.num_warmup * f, num_draws=cfg.num_draws * f, warm_start=False)
+        return new, (f"re-initialised chains, target_accept={ta:.3g}, num_warmup={new.num_warmup}, "
+                     f"num_draws={new.num_draws}")
+    if isinstance(cfg, ISConfig):
+        new = replace(cfg, adapt_iters=cfg.adapt_iters * f, pilot_iters=cfg.pilot_iters * f,
+                      num_samples=cfg.num_samples * f)
+        return new, (f"re-initialised proposal, adapt_iters={new.adapt_iters}, pilot_iters={new.pilot_iters}, "
+                     f"num_samples={new.num_samples}")
+    return None, "no safer setting for this sampler"
+
+
+def _safer_engine(engine: Engine, level: int) -> tuple[Engine | None, str]:
+    cache = engine.__dict__.setdefault("_safer", {})
+    if level not in cache:
+        cfg, what = safer_config(engine.cfg, level)
+        cache[level] = (None if cfg is None else Engine(engine.jm, cfg), what)
+    return cache[level]
+
+
+def robust_gradient(engine: Engine, key, state, X, y, cfg: RetryConfig = RetryConfig()):
+    """``engine.gradient`` with retries. Returns (state, estimate, Attempts).
+
+    The returned state is the one of the last attempt (a retry's re-initialised,
+    re-adapted state is a good warm start for the next step)."""
+    new_state, est = _safe_call(engine, key, state, X, y)
+    trouble = [[c for c, _ in diagnose(est, cfg)]]
+    actions = []
+    level = 0
+    while trouble[-1] and level < cfg.max_retries:
+        level += 1
+        safer, what = _safer_engine(engine, level)
+        if safer is None:
+            actions.append(what)
+            break
+        k_init, k_grad = jax.random.split(jax.random.fold_in(key, 1000 + level))
+        try:
+            fresh = safer.init(k_init, X, y)
+        except FloatingPointError:
+            fresh = None
+        if fresh is None:
+            break
+        cand_state, cand = _safe_call(safer, k_grad, fresh, X, y)
+        actions.append(f"retry {level} ({'+'.join(trouble[-1])}): {what}")
+        trouble.append([c for c, _ in diagnose(cand, cfg)])
+        # keep the latest attempt; its sampler state carries the safer adaptation forward
+        new_state, est = cand_state, cand
+    trusted = not trouble[-1]
+    est.diagnostics["trusted"] = trusted
+    est.diagnostics["trouble"] = [m for _, m in diagnose(est, cfg)]
+    return new_state, est, Attempts(trouble, actions, trusted)
+
+
+def _safe_call(engine, key, state, X, y):
+    """engine.gradient, with a non-finite failure inside the sampler turned into a NaN estimate."""
+    try:
+        return engine.gradient(key, state, X, y)
+    except (FloatingPointError, np.linalg.LinAlgError) as e:
+        shape = np.shape(X)
+        nan = np.full(shape, np.nan)
+        return state, GradientEstimate(float("nan"), nan, float("nan"), nan, {"sampler": engine.kind, "error": str(e)})
