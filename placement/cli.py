@@ -21,7 +21,7 @@ COMMANDS = {
 log = logging.getLogger("placement")
 
 
-class _Terminated(Exception):
+class _Terminated(BaseException):
     """SIGTERM, turned into an exception so the run ends like an interrupt (outputs are
     written atomically, so whatever was last written is whole)."""
 
@@ -179,6 +179,8 @@ def _run(cfg) -> None:
     if ckpt.exists() and not cfg.resume:
         raise PlacementError(f"{run_dir} already holds a run (checkpoint.pkl); pass resume=true to continue it "
                              "or choose another hydra.run.dir.")
+    for stale in run_dir.glob(".*.tmp"):  # left by a SIGKILL mid-write; the real file is whole
+        stale.unlink(missing_ok=True)
     _enable_compile_cache(cfg)
     sampler_cfg = instantiate(cfg.sampler)
     kernel = instantiate(cfg.kernel)
@@ -357,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.argv = [f"placement-{cmd}"] + rest
-    hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
+    try:
+        hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
+    except (KeyboardInterrupt, _Terminated) as e:  # before the task started: nothing was written
+        print("interrupted before any work was done.", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     return 0
 
 
