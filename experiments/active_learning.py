@@ -71,8 +71,8 @@ def franke(X):
 FUNCTIONS = {
     "forrester": (forrester, [[0.0, 1.0]], 4, 2, 5, "1-D, smooth"),
     "gramacy_lee": (gramacy_lee, [[0.5, 2.5]], 4, 2, 5, "1-D, short length scale: 10 half-periods, 4 start points"),
-    "branin": (branin, [[-5.0, 10.0], [0.0, 15.0]], 6, 3, 5, "2-D, smooth"),
-    "franke": (franke, [[0.0, 1.0], [0.0, 1.0]], 6, 3, 5, "2-D, bumps"),
+    "branin": (branin, [[-5.0, 10.0], [0.0, 15.0]], 6, 3, 4, "2-D, smooth"),
+    "franke": (franke, [[0.0, 1.0], [0.0, 1.0]], 6, 3, 4, "2-D, bumps"),
 }
 METHODS = ("ours_bayes", "ours_bayes_iv", "ours_map", "random", "sobol", "maxvar", "botorch")
 
@@ -220,7 +220,12 @@ def write_json_atomic(path, obj):
 
 
 def run(functions, repeats, methods):
+    import jax
+
     OUT.mkdir(parents=True, exist_ok=True)
+    # keep compiled code across processes (a restarted or parallel run recompiles nothing)
+    jax.config.update("jax_compilation_cache_dir", os.environ.get("PLACEMENT_CACHE", str(Path.home() / ".cache/placement/jax")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     if "botorch" in methods and not have_botorch():
         print("BoTorch is not installed: skipping it (pip install torch==2.13.0 && pip install -e '.[bench]').")
         methods = [m for m in methods if m != "botorch"]
