@@ -279,16 +279,27 @@ def _suggest(cfg) -> None:
 
     from placement.io import write_atomic, write_json
     from placement.kernels import KERNELS
-    from placement.suggest import SuggestConfig, read_table, suggest_arrays
+    from omegaconf import OmegaConf
+
+    from placement.errors import PlacementError
+    from placement.suggest import SuggestConfig, prepare, read_table, suggest_arrays
 
     t0 = time.perf_counter()
     _enable_compile_cache(cfg)
-    X, y, names = read_table(cfg.data, None if cfg.x_columns is None else list(cfg.x_columns), str(cfg.y_column))
+    plain = lambda v: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v  # noqa: E731
+    x_columns = plain(cfg.x_columns)
+    if x_columns is not None and not isinstance(x_columns, list):
+        x_columns = [x_columns]
+    if x_columns is not None and not all(isinstance(c, (str, int, float)) for c in x_columns):
+        raise PlacementError(f"x_columns must be a list of column names, e.g. x_columns=[a,b]; got {x_columns!r}.")
+    if not isinstance(cfg.y_column, (str, int, float)):
+        raise PlacementError(f"y_column must be one column name; got {plain(cfg.y_column)!r}.")
+    X, y, names = read_table(cfg.data, None if x_columns is None else [str(c) for c in x_columns], str(cfg.y_column))
     kname = next((n for n, c in KERNELS.items() if c.__name__ == cfg.kernel._target_.rsplit(".", 1)[-1]), "matern52")
-    scfg = SuggestConfig(k=int(cfg.k), criterion=str(cfg.criterion), kernel=kname, seed=int(cfg.seed),
-                         sampler=_suggest_mode(cfg.sampler),
-                         **{k: v for k, v in cfg.search.items()})
-    bounds = None if cfg.bounds is None else [list(b) if hasattr(b, "__len__") else b for b in cfg.bounds]
+    scfg = SuggestConfig(k=cfg.k, criterion=str(cfg.criterion), kernel=kname, seed=cfg.seed,
+                         sampler=_suggest_mode(cfg.sampler), **{k: v for k, v in cfg.search.items()})
+    bounds = plain(cfg.bounds)
+    prepare(X, y, bounds, scfg)  # every check before any work
     pts, info = suggest_arrays(X, y, bounds, scfg)
     out = pd.DataFrame(pts, columns=names)
     out["pred_mean"] = info["pred_mean"]
@@ -340,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import hydra
     from omegaconf import DictConfig
+    from omegaconf.errors import OmegaConfBaseException
 
     from placement.errors import PlacementError
 
@@ -352,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
             TASKS[cmd](cfg)
         except PlacementError as e:
             _fail(str(e), run_dir, created)
+        except OmegaConfBaseException as e:  # e.g. a mandatory key left at ???
+            _fail(f"configuration: {str(e).splitlines()[0]} (set it on the command line, e.g. data=FILE).",
+                  run_dir, created)
         except (KeyboardInterrupt, _Terminated) as e:
             print(f"interrupted; the last completed step is saved. Continue with: placement {cmd} "
                   f"resume=true hydra.run.dir={run_dir} (and the same overrides)", file=sys.stderr)

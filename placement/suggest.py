@@ -47,6 +47,38 @@ class SuggestConfig:
     seed: int = 0
     sampler: str = "bayes"  # "bayes": hyperparameter posterior; "map": the posterior mode only
 
+    def __post_init__(self):
+        """Coerce and check every setting up front, so a bad override fails in milliseconds
+        with one message instead of deep inside the search."""
+        def num(name, cast, low, what):
+            v = getattr(self, name)
+            try:
+                if isinstance(v, bool) or (cast is int and float(v) != int(float(v))):
+                    raise ValueError
+                v = cast(float(v)) if cast is int else cast(v)
+            except (TypeError, ValueError, OverflowError):
+                raise PlacementError(f"{name} must be {what}; got {v!r}.") from None
+            if not np.isfinite(v) or v < low:
+                raise PlacementError(f"{name} must be {what}; got {v!r}.")
+            object.__setattr__(self, name, v)
+
+        num("k", int, 1, "a whole number >= 1 (k must be at least 1)")
+        num("num_hyper", int, 1, "a whole number >= 1")
+        num("num_fantasies", int, 1, "a whole number >= 1")
+        num("grid", int, 2, "a whole number >= 2")
+        num("restarts", int, 1, "a whole number >= 1")
+        num("steps", int, 1, "a whole number >= 1")
+        num("seed", int, 0, "a whole number >= 0")
+        num("learning_rate", float, 1e-12, "a positive number")
+        if self.criterion not in CRITERIA:
+            raise PlacementError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}.")
+        if self.sampler not in ("bayes", "map"):
+            raise PlacementError(f"sampler must be 'bayes' or 'map' for suggest; got {self.sampler!r}.")
+        from placement.kernels import KERNELS
+
+        if self.kernel not in KERNELS:
+            raise PlacementError(f"unknown kernel {self.kernel!r}; choose one of {', '.join(sorted(KERNELS))}.")
+
 
 # -- input ------------------------------------------------------------------------------
 def read_table(path, x_columns=None, y_column: str = "y"):
@@ -99,9 +131,15 @@ def check_bounds(bounds, X):
         if np.any(hi <= lo):
             raise PlacementError("an input column is constant, so the data range is empty; give bounds=[[lo,hi],...].")
         return np.stack([lo, hi], 1)
-    b = np.atleast_2d(np.asarray(bounds, dtype=np.float64))
-    if b.shape != (d, 2):
-        raise PlacementError(f"bounds must be one [lo, hi] per input column ({d}); got {np.asarray(bounds).tolist()}.")
+    try:
+        b = np.atleast_2d(np.asarray(bounds, dtype=np.float64))
+    except (TypeError, ValueError):
+        b = None
+    if b is None or b.shape != (d, 2):
+        raise PlacementError(f"bounds must be one [lo, hi] pair of numbers per input column ({d} column(s)), "
+                             f"e.g. bounds=[[0,1]]; got {bounds!r}.")
+    if not np.isfinite(b).all():
+        raise PlacementError(f"bounds must be finite numbers; got {b.tolist()}.")
     if np.any(b[:, 0] >= b[:, 1]):
         raise PlacementError(f"bounds need lo < hi in every column; got {b.tolist()}.")
     return b
@@ -307,20 +345,31 @@ def grid_points(d: int, num: int, seed: int = 0):
 
 
 # -- the whole thing --------------------------------------------------------------------
-def suggest_arrays(X, y, bounds, cfg: SuggestConfig):
-    """Return (suggested points (k, d), info dict) in the original units."""
-    if int(cfg.k) < 1:
-        raise PlacementError(f"k must be at least 1; got {cfg.k}.")
-    if cfg.criterion not in CRITERIA:
-        raise PlacementError(f"unknown criterion {cfg.criterion!r}; choose one of {', '.join(CRITERIA)}.")
+def prepare(X, y, bounds, cfg: SuggestConfig):
+    """Every check on the request, before any work: returns (bounds (d, 2), Xn in [0, 1]^d,
+    standardised y, (y mean, y sd))."""
+    if not isinstance(cfg, SuggestConfig):
+        raise PlacementError("cfg must be a SuggestConfig.")
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise PlacementError(f"X must be (n, d) and y (n,) with the same n; got {X.shape} and {y.shape}.")
+    if not (np.isfinite(X).all() and np.isfinite(y).all()):
+        raise PlacementError("X and y must be finite numbers (no NaN or infinity).")
     b = check_bounds(bounds, X)
     span = b[:, 1] - b[:, 0]
     Xn = (X - b[:, 0]) / span
     if np.any(Xn < -1e-9) or np.any(Xn > 1 + 1e-9):
         raise PlacementError("some data points lie outside the given bounds; widen bounds to include the data.")
     y_mean, y_sd = float(y.mean()), float(y.std()) or 1.0
-    yn = (y - y_mean) / y_sd
-    d = X.shape[1]
+    return b, np.clip(Xn, 0.0, 1.0), (y - y_mean) / y_sd, (y_mean, y_sd)
+
+
+def suggest_arrays(X, y, bounds, cfg: SuggestConfig):
+    """Return (suggested points (k, d), info dict) in the original units."""
+    b, Xn, yn, (y_mean, y_sd) = prepare(X, y, bounds, cfg)
+    span = b[:, 1] - b[:, 0]
+    d = Xn.shape[1]
     ell, eta, sigma, ess = hyper_draws(Xn, yn, cfg.kernel, cfg.num_hyper, cfg.seed, cfg.sampler)
     G = grid_points(d, cfg.grid, cfg.seed)
     z = np.random.default_rng(cfg.seed).normal(size=(cfg.num_fantasies, int(cfg.k)))
