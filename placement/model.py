@@ -7,6 +7,9 @@ own JAX export would bake the containers in as constants.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -97,6 +100,21 @@ def _flat_layout(model: pm.Model):
     return names, shapes, sizes, flat
 
 
+@contextlib.contextmanager
+def _quiet_rewrites():
+    """PyTensor logs a traceback for every graph rewrite that fails on inconsistent shapes
+    and then skips it; we check the exported density ourselves and raise one clear error."""
+    logger = logging.getLogger("pytensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def from_pymc(
     model: pm.Model,
     objective: str,
@@ -158,7 +176,8 @@ def from_pymc(
     outs = graph_replace([pt.as_tensor_variable(logp), pt.as_tensor_variable(loglik), f], replace, strict=False)
     outs = [pt.cast(o, "float64") for o in outs]
     inputs = list(model.value_vars) + inputs_extra
-    fns = [get_jaxified_graph(inputs=inputs, outputs=[o]) for o in outs]
+    with _quiet_rewrites():  # a broken model is reported once, below, not by every failed rewrite
+        fns = [get_jaxified_graph(inputs=inputs, outputs=[o]) for o in outs]
 
     names, shapes, sizes, flat0 = _flat_layout(model)
     offsets = np.cumsum([0] + sizes)
@@ -201,8 +220,19 @@ def from_pymc(
     for n, s, k in zip(names, shapes, sizes):
         flat_names += [n] if k == 1 and s in ((), (1,)) else [f"{n}[{i}]" for i in range(k)]
 
+    logdensity = wrap(fns[0])
+    try:  # evaluate once on the model's own data: mismatched shapes fail here, with a message
+        logdensity(jnp.asarray(flat0), jnp.asarray(X0), None if y0 is None else jnp.asarray(y0))
+    except (TypeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PlacementError(
+            f"the model's log density cannot be evaluated on its own data ({first}). Check that the design "
+            f"container {data!r} (shape {X0.shape}) and the observed data"
+            f"{'' if y0 is None else f' {observed!r} (shape {y0.shape})'} describe the same points."
+        ) from None
+
     return JaxModel(
-        logdensity=wrap(fns[0]),
+        logdensity=logdensity,
         loglik=wrap(fns[1]),
         objective=wrap(fns[2]),
         constrain=constrain,

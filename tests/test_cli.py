@@ -219,3 +219,25 @@ def test_run_bad_input(tmp_path, args, message):
     r = run(["run", f"hydra.run.dir={out}", "steps=2", *RUN_FAST, *args], tmp_path)
     assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
     assert not (out / "result.json").exists()
+
+
+def test_model_whose_data_shapes_disagree_gets_one_error(tmp_path):
+    (tmp_path / "badshapes.py").write_text(textwrap.dedent(
+        """
+        import numpy as np, pymc as pm
+        def build_model():
+            with pm.Model() as m:
+                X = pm.Data("X", np.linspace(-1, 1, 6))
+                y = pm.Data("y", np.zeros(5))
+                a = pm.Normal("a", 0, 1)
+                pm.Normal("obs", a * X, 0.5, observed=y)
+                pm.Deterministic("slope_sq", a ** 2)
+            return m
+        """))
+    out = tmp_path / "run"
+    r = run(["gradient", "problem=custom", "problem.builder=badshapes:build_model", "objective=custom",
+             "objective.name=slope_sq", f"hydra.run.dir={out}"], tmp_path, {"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "describe the same points" in r.stderr and "(6,)" in r.stderr and "(5,)" in r.stderr
+    assert "Traceback" not in r.stderr and "ERROR" not in r.stderr
+    assert not out.exists()
