@@ -84,7 +84,7 @@ def test_malformed_requests_get_one_clear_error(tmp_path_factory, data, opts, bo
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cli_cases(n=10, seed=5):
+def _cli_cases(n=6, seed=5):
     """A fixed random sample of malformed tables and overrides for the real command line."""
     rng = random.Random(seed)
     cases = []

@@ -106,7 +106,28 @@ BAD = [
 ]
 
 
+def _preflight(path, extra):
+    """The checks the CLI runs before any work, called in process with the same overrides."""
+    import yaml
+
+    from placement.suggest import SuggestConfig, prepare, read_table
+
+    kw = {k: yaml.safe_load(v) for k, v in (e.split("=", 1) for e in extra)}
+    X, y, _ = read_table(path, kw.pop("x_columns", None), kw.pop("y_column", "y"))
+    prepare(X, y, kw.pop("bounds", None), SuggestConfig(**kw))
+
+
 @pytest.mark.parametrize("fname,content,extra,message", BAD)
+def test_suggest_bad_input_is_caught_before_any_work(tmp_path, fname, content, extra, message):
+    from placement.errors import PlacementError
+
+    if content is not None:
+        (tmp_path / fname).write_text(content)
+    with pytest.raises(PlacementError, match=message.replace("(", r"\(")):
+        _preflight(tmp_path / fname, extra)
+
+
+@pytest.mark.parametrize("fname,content,extra,message", [BAD[0], BAD[2], BAD[5], BAD[7]])
 def test_cli_suggest_bad_input(tmp_path, fname, content, extra, message):
     if content is not None:
         (tmp_path / fname).write_text(content)
