@@ -244,6 +244,33 @@ def run(functions, repeats, methods):
             print(f"{name} repeat {rep + 1}/{repeats} done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
+# -- timing ------------------------------------------------------------------------------
+def timing(names=("forrester", "branin"), calls=5):
+    """Seconds per suggestion, every method in one process one after another on the same
+    data (compilation done by one untimed call first, as in a session that suggests
+    repeatedly): the like-for-like speed comparison. The benchmark's own per-suggestion
+    times include compilation and whatever else the machine was doing."""
+    out = {}
+    methods = [m for m in METHODS if m not in ("random", "sobol") and (m != "botorch" or have_botorch())]
+    for name in names:
+        f, bounds, n0, k, rounds, _ = FUNCTIONS[name]
+        b = np.asarray(bounds)
+        X = np.random.default_rng(99).uniform(b[:, 0], b[:, 1], size=(n0 + k * 2, len(b)))
+        y = f(X)
+        out[name] = {}
+        for m in methods:
+            propose(m, X, y, bounds, k, 0, None)  # compile / warm up, untimed
+            secs = []
+            for c in range(calls):
+                t0 = time.perf_counter()
+                propose(m, X, y, bounds, k, c + 1, None)
+                secs.append(time.perf_counter() - t0)
+            out[name][m] = {"median": float(np.median(secs)), "all": secs}
+            print(f"timing {name} n={len(X)} k={k} {m:14s} {np.median(secs):.2f} s/suggestion", flush=True)
+    write_json_atomic(OUT / "active_learning_timing.json", out)
+    return out
+
+
 # -- report ------------------------------------------------------------------------------
 LABEL = {"ours_bayes": "ours, Bayes (ETV)", "ours_bayes_iv": "ours, Bayes (IV)", "ours_map": "ours, MAP",
          "random": "random", "sobol": "Sobol", "maxvar": "greedy max-var", "botorch": "BoTorch qNIPV"}
@@ -316,6 +343,15 @@ def report():
     axes[0, 0].set_ylabel("relative RMSE")
     axes[1, 0].set_ylabel("relative integrated variance")
     axes[0, -1].legend(fontsize=7)
+    tpath = OUT / "active_learning_timing.json"
+    if tpath.exists():
+        t = json.loads(tpath.read_text())
+        ms = list(next(iter(t.values())))
+        lines += ["## Seconds per suggestion, warm, one process, methods in turn (--timing)", "",
+                  "| function | " + " | ".join(LABEL[m] for m in ms) + " |", "|---" * (len(ms) + 1) + "|"]
+        for name, row in t.items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[m]['median']:.2f}" for m in ms) + " |")
+        lines.append("")
     fig.tight_layout()
     fig.savefig(OUT / "active_learning.png", dpi=110)
     (OUT / "active_learning.md").write_text("\n".join(lines) + "\n")
@@ -330,7 +366,11 @@ def main(argv=None):
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--report", action="store_true", help="only build the table and figure from saved runs")
+    ap.add_argument("--timing", action="store_true", help="only time each method in one process (warm)")
     a = ap.parse_args(argv)
+    if a.timing:
+        timing()
+        return
     if not a.report:
         fns = [s for s in a.functions.split(",") if s]
         bad = [s for s in fns if s not in FUNCTIONS]
