@@ -20,6 +20,11 @@ Methods
                 pip install -e '.[bench]'); skipped with a note when BoTorch is missing
 
 Run:   python experiments/active_learning.py [--functions forrester,...] [--repeats 10]
+       (the results here came from two such processes side by side, one per core:
+        XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" OMP_NUM_THREADS=1
+        taskset -c 0 python experiments/active_learning.py --functions forrester,gramacy_lee
+        and the same on core 1 with --functions branin,franke. Without the flags two JAX
+        processes on two cores oversubscribe them and run 10-30x slower.)
        python experiments/active_learning.py --report      (table + figure from saved runs)
 Raw results go to experiments/results/active_learning_<function>.json (one file per
 function, rewritten atomically after every repeat, so an interrupted run resumes);

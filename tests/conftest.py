@@ -1,3 +1,12 @@
+import os
+
+# Two xdist workers share two cores: XLA's multi-threaded CPU runtime in two processes at once
+# oversubscribes them and runs many times slower (measured: 30x on the suggest search), so each
+# worker, and every CLI process it starts, runs XLA on one thread. Set before JAX is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 import pytest
 
