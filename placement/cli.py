@@ -329,7 +329,10 @@ def _suggest_mode(sampler_cfg) -> str:
         return "map"
     if target.endswith("ISConfig"):
         return "bayes"
-    raise PlacementError("placement suggest supports sampler=importance (fully Bayesian) or sampler=map.")
+    if target.endswith(".NUTSConfig"):
+        return "nuts"
+    raise PlacementError("placement suggest supports sampler=importance (fully Bayesian, the default), "
+                         "sampler=nuts (fully Bayesian by NUTS) or sampler=map.")
 
 
 TASKS = {"gradient": _gradient, "run": _run, "suggest": _suggest}

@@ -30,6 +30,7 @@ import optax
 from placement import gpjax
 from placement.errors import PlacementError
 
+SUGGEST_SAMPLERS = ("bayes", "nuts", "map")
 CRITERIA = ("expected_total_variance", "integrated_variance", "max_variance", "mutual_information")
 
 
@@ -45,7 +46,7 @@ class SuggestConfig:
     steps: int = 150
     learning_rate: float = 0.02
     seed: int = 0
-    sampler: str = "bayes"  # "bayes": hyperparameter posterior; "map": the posterior mode only
+    sampler: str = "bayes"  # "bayes": posterior by importance sampling; "nuts": by NUTS; "map": the mode only
 
     def __post_init__(self):
         """Coerce and check every setting up front, so a bad override fails in milliseconds
@@ -72,8 +73,8 @@ class SuggestConfig:
         num("learning_rate", float, 1e-12, "a positive number")
         if self.criterion not in CRITERIA:
             raise PlacementError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}.")
-        if self.sampler not in ("bayes", "map"):
-            raise PlacementError(f"sampler must be 'bayes' or 'map' for suggest; got {self.sampler!r}.")
+        if self.sampler not in SUGGEST_SAMPLERS:
+            raise PlacementError(f"sampler must be one of {', '.join(SUGGEST_SAMPLERS)} for suggest; got {self.sampler!r}.")
         from placement.kernels import KERNELS
 
         if self.kernel not in KERNELS:
@@ -181,14 +182,19 @@ def _hyper_tools(kernel: str, n: int, d: int, sampler: str):
     constrain = jax.jit(jax.vmap(jm.constrain))
     if sampler == "map":
         return jm, constrain, make_laplace(jm.logdensity), None
+    if sampler == "nuts":
+        from placement.sampler import NUTSConfig
+
+        return jm, constrain, None, Engine(jm, NUTSConfig(num_chains=4, num_warmup=500, num_draws=500))
     return jm, constrain, None, Engine(jm, ISConfig(num_samples=4096, adapt_samples=2048))
 
 
 def hyper_draws(Xn, yn, kernel: str, num: int, seed: int, sampler: str = "bayes"):
     """(ell (M, d), eta (M,), sigma (M,), ess): M draws resampled by weight from the
-    importance posterior, or (sampler="map") the single posterior mode."""
-    if sampler not in ("bayes", "map"):
-        raise PlacementError(f"sampler must be 'bayes' or 'map' for suggest; got {sampler!r}.")
+    importance posterior ("bayes"), M draws thinned evenly from NUTS chains ("nuts", ess is
+    the smallest bulk ESS), or the single posterior mode ("map")."""
+    if sampler not in SUGGEST_SAMPLERS:
+        raise PlacementError(f"sampler must be one of {', '.join(SUGGEST_SAMPLERS)} for suggest; got {sampler!r}.")
     Xn, yn = np.asarray(Xn, dtype=np.float64), np.asarray(yn, dtype=np.float64)
     jm, constrain, laplace, eng = _hyper_tools(kernel, Xn.shape[0], Xn.shape[1], sampler)
     key = jax.random.PRNGKey(seed)
@@ -204,7 +210,13 @@ def hyper_draws(Xn, yn, kernel: str, num: int, seed: int, sampler: str = "bayes"
     idx = np.minimum(np.searchsorted(np.cumsum(W), u), len(W) - 1)
     nat = constrain(jnp.asarray(sample.theta[idx]))
     ell = np.asarray(nat["ell"]).reshape(num, -1)
-    return ell, np.asarray(nat["eta"]).reshape(num), np.asarray(nat["sigma"]).reshape(num), float(1.0 / np.sum(W**2))
+    ess = float(1.0 / np.sum(W**2))
+    if sampler == "nuts":
+        from placement.estimator import ess_bulk
+
+        c = sample.chains
+        ess = float(np.min(np.asarray(ess_bulk(sample.theta.reshape(c, -1, sample.theta.shape[1]), chain_axis=0, sample_axis=1))))
+    return ell, np.asarray(nat["eta"]).reshape(num), np.asarray(nat["sigma"]).reshape(num), ess
 
 
 # -- criteria ------------------------------------------------------------------------------

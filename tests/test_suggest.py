@@ -145,3 +145,22 @@ def test_map_mode_suggests_from_one_hyperparameter_setting():
                   restarts=2, steps=40, num_fantasies=4, grid=64)
     ell, eta, sigma = out.attrs["info"]["hyper"]
     assert ell.shape == (1, 1) and len(out) == 2 and out["x"].between(0, 10).all()
+
+
+def test_nuts_hyperparameters_agree_with_importance_sampling():
+    """sampler=nuts draws the same hyperparameter posterior as the default importance sampler:
+    the mixture predictive on a grid agrees within Monte Carlo noise."""
+    from placement.suggest import hyper_draws, mixture_predictive
+
+    rng = np.random.default_rng(4)
+    Xn = np.sort(rng.uniform(0, 1, (8, 1)), axis=0)
+    yn = np.sin(6 * Xn[:, 0])
+    yn = (yn - yn.mean()) / yn.std()
+    G = np.linspace(0, 1, 50)[:, None]
+    preds = {}
+    for s in ("bayes", "nuts"):
+        ell, eta, sigma, ess = hyper_draws(Xn, yn, "matern52", 64, 0, s)
+        assert ell.shape == (64, 1) and ess > 50
+        preds[s] = mixture_predictive("matern52", Xn, yn, G, (ell, eta, sigma))
+    np.testing.assert_allclose(preds["nuts"][0], preds["bayes"][0], atol=0.1)
+    np.testing.assert_allclose(preds["nuts"][1], preds["bayes"][1], atol=0.1, rtol=0.25)
