@@ -282,7 +282,7 @@ def _suggest(cfg) -> None:
     from omegaconf import OmegaConf
 
     from placement.errors import PlacementError
-    from placement.suggest import SuggestConfig, prepare, read_table, suggest_arrays
+    from placement.suggest import SuggestConfig, read_table, suggest_arrays
 
     t0 = time.perf_counter()
     _enable_compile_cache(cfg)
@@ -298,9 +298,7 @@ def _suggest(cfg) -> None:
     kname = next((n for n, c in KERNELS.items() if c.__name__ == cfg.kernel._target_.rsplit(".", 1)[-1]), "matern52")
     scfg = SuggestConfig(k=cfg.k, criterion=str(cfg.criterion), kernel=kname, seed=cfg.seed,
                          sampler=_suggest_mode(cfg.sampler), **{k: v for k, v in cfg.search.items()})
-    bounds = plain(cfg.bounds)
-    prepare(X, y, bounds, scfg)  # every check before any work
-    pts, info = suggest_arrays(X, y, bounds, scfg)
+    pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg)  # its first step, prepare(), checks everything
     out = pd.DataFrame(pts, columns=names)
     out["pred_mean"] = info["pred_mean"]
     out["pred_sd"] = info["pred_sd"]

@@ -116,31 +116,26 @@ def robust_gradient(engine: Engine, key, state, X, y, cfg: RetryConfig = RetryCo
     The returned state is the one of the last attempt (a retry's re-initialised,
     re-adapted state is a good warm start for the next step)."""
     new_state, est = _safe_call(engine, key, state, X, y)
-    trouble = [[c for c, _ in diagnose(est, cfg)]]
+    found = diagnose(est, cfg)
+    trouble = [[c for c, _ in found]]
     actions = []
     level = 0
-    while trouble[-1] and level < cfg.max_retries:
+    while found and level < cfg.max_retries:
         level += 1
         safer, what = _safer_engine(engine, level)
         if safer is None:
             actions.append(what)
             break
         k_init, k_grad = jax.random.split(jax.random.fold_in(key, 1000 + level))
-        try:
-            fresh = safer.init(k_init, X, y)
-        except FloatingPointError:
-            fresh = None
-        if fresh is None:
-            break
-        cand_state, cand = _safe_call(safer, k_grad, fresh, X, y)
+        cand_state, cand = _safe_call(safer, k_grad, safer.init(k_init, X, y), X, y)
         actions.append(f"retry {level} ({'+'.join(trouble[-1])}): {what}")
-        trouble.append([c for c, _ in diagnose(cand, cfg)])
+        found = diagnose(cand, cfg)
+        trouble.append([c for c, _ in found])
         # keep the latest attempt; its sampler state carries the safer adaptation forward
         new_state, est = cand_state, cand
-    trusted = not trouble[-1]
-    est.diagnostics["trusted"] = trusted
-    est.diagnostics["trouble"] = [m for _, m in diagnose(est, cfg)]
-    return new_state, est, Attempts(trouble, actions, trusted)
+    est.diagnostics["trusted"] = not found
+    est.diagnostics["trouble"] = [m for _, m in found]
+    return new_state, est, Attempts(trouble, actions, not found)
 
 
 def _safe_call(engine, key, state, X, y):
