@@ -16,7 +16,7 @@ from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
 from placement.model import JaxModel, from_pymc
 from placement.problems import load_builder
-from placement.retry import RetryConfig, diagnose, robust_gradient
+from placement.retry import RetryConfig, robust_gradient
 from placement.simulate import simulator_of, with_simulator
 
 
@@ -103,14 +103,17 @@ def check_design(X, jm: JaxModel) -> np.ndarray:
 
 
 def gradient(problem: Problem, sampler_cfg: Any, X=None, seed: int = 0, engine: Engine | None = None,
-             retry: RetryConfig | None = None) -> GradientEstimate:
+             retry: RetryConfig | None = None, gradient_check: str = "error") -> GradientEstimate:
     """F and dF/dX at X (default: the problem's design) with standard errors. On sampler
     trouble it retries with safer settings (``retry``); ``diagnostics["attempts"]`` and
-    ``["actions"]`` say what was done and ``["trusted"]`` whether it worked."""
+    ``["actions"]`` say what was done, ``["trusted"]`` whether it worked (by
+    ``placement.retry.diagnose``, the one trust rule) and ``["trouble"]`` why not.
+    ``gradient_check``: "error" (stop when the model's X-derivatives disagree with finite
+    differences), "untrusted" (go on, every estimate untrusted) or "off"."""
     t0 = time.perf_counter()
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
-    engine = engine or Engine(jm, sampler_cfg)
+    engine = engine or Engine(jm, sampler_cfg, gradient_check=gradient_check)
     key = jax.random.PRNGKey(seed)
     k1, k2 = jax.random.split(key)
     state = engine.init(k1, X, jm.y)
@@ -118,14 +121,3 @@ def gradient(problem: Problem, sampler_cfg: Any, X=None, seed: int = 0, engine: 
     est.diagnostics.update(attempts.summary())
     est.diagnostics["seconds_total"] = time.perf_counter() - t0
     return est
-
-
-def trust_problems(est: GradientEstimate, sampler_cfg: Any = None, retry: RetryConfig | None = None) -> list[str]:
-    """Reasons not to trust an estimate, each with what to try; empty when it looks fine."""
-    out = [m for _, m in diagnose(est, retry or RetryConfig())]
-    d = est.diagnostics
-    if d.get("sampler") in ("importance", "reweight") and sampler_cfg is not None:
-        frac = d.get("ess_weights", 0.0) / max(d.get("num_draws", 1), 1)
-        if frac < getattr(sampler_cfg, "min_ess_fraction", 0.0):
-            out.append(f"weight ESS is {100 * frac:.1f}% of the draws: raise sampler.adapt_iters.")
-    return out

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from placement import gradcheck
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate, Sample, ess_bulk, estimate, make_terms, normalised_weights
 from placement.importance import ISConfig, make_importance, proposal_from_moments
@@ -28,9 +29,13 @@ from placement.sampler import NUTSConfig, ReweightConfig, make_nuts, sampling_sc
 class Engine:
     """Compiled functions for one model and one sampler configuration."""
 
-    def __init__(self, jm: JaxModel, sampler_cfg: Any):
+    def __init__(self, jm: JaxModel, sampler_cfg: Any, gradient_check: str = "error"):
+        if gradient_check not in gradcheck.MODES:
+            raise PlacementError(f"gradient_check must be one of {', '.join(gradcheck.MODES)}; got {gradient_check!r}.")
         self.jm = jm
         self.cfg = sampler_cfg
+        self.gradient_check = gradient_check
+        self.check_result: gradcheck.CheckResult | None = None  # set by the first estimate
         self.terms = make_terms(jm)
         self.theta0 = jnp.asarray(jm.initial_point)
         self.vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
@@ -94,8 +99,10 @@ class Engine:
             theta, log_q = self.is_draw(k2, prop)
             new = dict(state, prop=prop)
             return new, Sample(np.asarray(theta), np.asarray(log_q), None, None, {})
-        # quadrature: re-centre on the current mode, warm-started from the last one
-        lap = self.laplace(key, state["laplace"].mode, X, y)
+        lap = self.laplace(key, state["laplace"].mode, X, y)  # re-centred, warm-started from the last mode
+        if self.kind == "map":  # the plug-in: one draw at the mode
+            return {"laplace": lap}, Sample(np.asarray(lap.mode)[None], None, 1, None, {})
+        # quadrature: a grid around the current mode
         theta, log_q, coarse, edge = sinh_grid(np.asarray(lap.mode), np.asarray(lap.cov), self.cfg)
         return {"laplace": lap}, Sample(theta, log_q, None, coarse, {}, edge)
 
@@ -152,16 +159,44 @@ class Engine:
         X, y = self._xy(X, y)
         if self.kind == "map":
             state, est = self._map_estimate(key, state, X, y)
+            if self.check_result is None and self.gradient_check != "off":
+                mode = jnp.asarray(state["laplace"].mode)[None]
+                s, df = gradcheck.make_derivatives(self.jm)(mode, X, y)
+                self._self_check(key, np.asarray(mode), s, df, X, y)
+            self._mark(est)
             est.diagnostics["num_draws"] = 0
             est.diagnostics["seconds"] = time.perf_counter() - t0
             return state, est
         state, sample = self.draw(key, state, X, y)
-        est = estimate(self.terms, sample, X, y)
+        evaluated = self.terms(jnp.asarray(sample.theta), X, y)
+        if self.check_result is None and self.gradient_check != "off":
+            W = self.sample_weights(sample, X, y) if sample.log_q is not None else None
+            idx = gradcheck.pick_draws(W, sample.theta.shape[0], 8)
+            _, _, df, s = evaluated
+            self._self_check(key, sample.theta[idx], np.asarray(s)[idx], np.asarray(df)[idx], X, y)
+        est = estimate(self.terms, sample, X, y, evaluated=evaluated)
+        if "ess_weights" in est.diagnostics:  # weighted draws: the share the sampler promises
+            est.diagnostics["min_ess_fraction"] = float(getattr(self.cfg, "min_ess_fraction", 0.0))
+        self._mark(est)
         est.diagnostics.setdefault("divergences", 0)
         est.diagnostics["sampler"] = self.kind
         est.diagnostics["num_draws"] = int(sample.theta.shape[0])
         est.diagnostics["seconds"] = time.perf_counter() - t0
         return state, est
+
+    def _self_check(self, key, thetas, s, df, X, y):
+        """Compare the derivatives the estimate uses with finite differences (once per engine)."""
+        values = gradcheck.make_values(self.jm)
+        self.check_result = gradcheck.check_gradients(values, self.jm, thetas, s, df, X, y, jax.random.fold_in(key, 7))
+        if self.check_result.problem and self.gradient_check == "error":
+            raise PlacementError(self.check_result.problem)
+
+    def _mark(self, est: GradientEstimate) -> None:
+        """Carry a failed self-check into the estimate's diagnostics (diagnose() flags it)."""
+        r = self.check_result
+        if r is not None:
+            est.diagnostics["gradient_check"] = r.problem or "passed"
+            est.diagnostics["gradient_check_worst"] = r.worst_rel
 
     def _xy(self, X, y):
         X = jnp.asarray(X, dtype=jnp.float64)

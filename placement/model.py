@@ -22,6 +22,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
 from pymc.sampling.jax import get_jaxified_graph
 
+from placement import rewrites
 from placement.errors import PlacementError
 
 Array = jax.Array
@@ -57,6 +58,7 @@ class JaxModel:
     observed_name: str | None
     extras: Callable[[Array, Array, Array], dict] | None = None
     y_of: Callable[[Array], Array] | None = None  # y as a function of X (simulator problems)
+    distances_rewritten: int = 0  # stock-kernel distance sub-graphs made exact at export
 
     def y_at(self, X):
         """The observed data that go with design X."""
@@ -115,12 +117,31 @@ def _quiet_rewrites():
         logger.setLevel(level)
 
 
+def _rewrite_checked(outs, inputs, model, X0, y0):
+    """``rewrites.exact_distances`` on ``outs``, kept only if the values at the model's
+    initial point and data are unchanged (the rewrite matches a pattern, not a proof)."""
+    new, count = rewrites.exact_distances(outs)
+    if not count:
+        return outs, 0
+    point = model.initial_point()
+    args = [point[v.name] for v in model.value_vars] + [X0] + ([] if y0 is None else [y0])
+    with _quiet_rewrites():
+        before = get_jaxified_graph(inputs=inputs, outputs=outs)(*args)
+        after = get_jaxified_graph(inputs=inputs, outputs=new)(*args)
+    for a, b in zip(before, after):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        if np.all(np.isfinite(a)) and not np.allclose(a, b, rtol=1e-6, atol=1e-9):
+            return outs, 0
+    return new, count
+
+
 def from_pymc(
     model: pm.Model,
     objective: str,
     data: str = "X",
     observed: str | None = "y",
     extras: tuple[str, ...] = (),
+    exact_distances: bool = True,
 ) -> JaxModel:
     """Export ``model`` once to JAX with the design and observed containers as inputs.
 
@@ -133,6 +154,9 @@ def from_pymc(
             treated as a constant of the model.
         extras: names of further model variables to export as ``extras(theta, X, y) -> dict``
             (e.g. predictive mean and variance on a grid, for plots); missing ones are skipped.
+        exact_distances: rewrite the expanded-form squared distances of PyMC's stock
+            stationary kernels into the difference form, whose X-gradient is exact
+            (``placement.rewrites``). Only turn off to study the stock behaviour.
     """
     X_shared = _container(model, data, "design")
     y_shared = None
@@ -174,6 +198,10 @@ def from_pymc(
         replace[y_shared] = y_in
         inputs_extra.append(y_in)
     outs = graph_replace([pt.as_tensor_variable(logp), pt.as_tensor_variable(loglik), f], replace, strict=False)
+    rewritten = 0
+    if exact_distances:
+        outs, rewritten = _rewrite_checked(outs, list(model.value_vars) + [X_in] + ([y_in] if y_shared is not None else []),
+                                           model, X0, y0)
     outs = [pt.cast(o, "float64") for o in outs]
     inputs = list(model.value_vars) + inputs_extra
     with _quiet_rewrites():  # a broken model is reported once, below, not by every failed rewrite
@@ -199,6 +227,8 @@ def from_pymc(
     if extra_names:
         ex = model.replace_rvs_by_values([model[n] for n in extra_names])
         ex = graph_replace(ex, replace, strict=False)
+        if exact_distances:
+            ex, _ = rewrites.exact_distances(ex)
         ex_fn = get_jaxified_graph(inputs=inputs, outputs=ex)
 
         def extras_fn(theta, X, y=None):
@@ -244,4 +274,5 @@ def from_pymc(
         data_name=data,
         observed_name=observed if has_y else None,
         extras=extras_fn,
+        distances_rewritten=rewritten,
     )

@@ -1,7 +1,9 @@
 """Sampler trouble: detect it, retry with safer settings, and say what was done.
 
-``diagnose`` turns an estimate's diagnostics into trouble codes (non-finite values,
-divergences, r_hat, tiny ESS, heavy-tailed importance weights, grid-edge mass).
+``diagnose`` is the one trust rule: it turns an estimate's diagnostics into trouble codes
+(non-finite values, divergences, r_hat, tiny ESS, heavy-tailed importance weights, a low
+weight ESS, grid-edge mass, a failed gradient self-check). ``placement gradient``,
+``placement run`` and the Python API all decide "trusted" by it and nothing else.
 ``robust_gradient`` calls the engine and, while there is trouble, retries from
 re-initialised sampler state with safer settings (NUTS: higher target_accept, longer
 warm-up, more draws; importance: a fresh pilot, longer adaptation, more draws). Every
@@ -81,9 +83,20 @@ def diagnose(est: GradientEstimate, cfg: RetryConfig = RetryConfig()) -> list[tu
         if np.isfinite(k) and k > cfg.max_pareto_k:
             out.append(("pareto_k", f"importance weights are heavy-tailed (Pareto k {k:.2f} > {cfg.max_pareto_k}): "
                                     "raise sampler.adapt_iters or sampler.pilot_iters, or use sampler=quadrature."))
+    if "ess_weights" in d and d.get("num_draws"):
+        frac = d["ess_weights"] / d["num_draws"]
+        if frac < d.get("min_ess_fraction", 0.0):
+            out.append(("weight_ess", f"weight ESS is {100 * frac:.1f}% of the draws (< {100 * d['min_ess_fraction']:.0f}%): "
+                                      "raise sampler.adapt_iters or sampler.pilot_iters."))
+    check = d.get("gradient_check")
+    if check not in (None, "passed"):
+        out.append(("gradient_check", check))
     if d.get("sampler") == "quadrature" and d.get("edge_mass", 0.0) > cfg.max_edge_mass:
         out.append(("edge", f"{d['edge_mass']:.1e} of the mass sits on the grid's edge: raise sampler.reach."))
     return out
+
+
+NOT_RETRIED = ("gradient_check",)  # trouble in the model, not the sampler: a retry cannot help
 
 
 def safer_config(cfg: Any, level: int) -> tuple[Any, str]:
@@ -106,7 +119,11 @@ def _safer_engine(engine: Engine, level: int) -> tuple[Engine | None, str]:
     cache = engine.__dict__.setdefault("_safer", {})
     if level not in cache:
         cfg, what = safer_config(engine.cfg, level)
-        cache[level] = (None if cfg is None else Engine(engine.jm, cfg), what)
+        safer = None
+        if cfg is not None:
+            safer = Engine(engine.jm, cfg, gradient_check=engine.gradient_check)
+            safer.check_result = engine.check_result  # the model's derivatives were checked once
+        cache[level] = (safer, what)
     return cache[level]
 
 
@@ -120,7 +137,7 @@ def robust_gradient(engine: Engine, key, state, X, y, cfg: RetryConfig = RetryCo
     trouble = [[c for c, _ in found]]
     actions = []
     level = 0
-    while found and level < cfg.max_retries:
+    while any(c not in NOT_RETRIED for c, _ in found) and level < cfg.max_retries:
         level += 1
         safer, what = _safer_engine(engine, level)
         if safer is None:
@@ -134,7 +151,7 @@ def robust_gradient(engine: Engine, key, state, X, y, cfg: RetryConfig = RetryCo
         # keep the latest attempt; its sampler state carries the safer adaptation forward
         new_state, est = cand_state, cand
     est.diagnostics["trusted"] = not found
-    est.diagnostics["trouble"] = [m for _, m in found]
+    est.diagnostics["warnings"] = [m for _, m in found]
     return new_state, est, Attempts(trouble, actions, not found)
 
 
