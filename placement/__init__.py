@@ -5,13 +5,9 @@ measurement locations X, with honest Monte Carlo standard errors, and an outer l
 that uses them to relocate the points.
 """
 
-import os
-import warnings
+from placement import runtime as _runtime
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing on CPU machines
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # silence XLA C++ warnings from the compile cache
-warnings.filterwarnings("ignore", message=".*ArviZ is undergoing a major refactor.*")
-warnings.filterwarnings("ignore", message=".*PyTensor could not link to a BLAS.*")
+_runtime.configure_process()  # JAX/XLA environment and warning filters, before JAX is imported
 
 import jax  # noqa: E402
 

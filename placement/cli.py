@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -46,12 +45,12 @@ def _fail(msg: str, run_dir: Path | None, created: bool) -> None:
 
 
 def _enable_compile_cache(cfg) -> None:
+    """Persistent XLA cache in $PLACEMENT_CACHE (default ~/.cache/placement/jax), one subdirectory
+    per host CPU and jax/jaxlib version; see placement/runtime.py for why."""
     if cfg.get("compile_cache", True):
-        import jax
+        from placement.runtime import enable_compile_cache
 
-        path = os.environ.get("PLACEMENT_CACHE", str(Path.home() / ".cache" / "placement" / "jax"))
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        enable_compile_cache(min_compile_time_secs=0.5)
 
 
 def _retry_cfg(cfg):
@@ -74,7 +73,7 @@ def _gradient(cfg) -> None:
     import numpy as np
     from hydra.utils import instantiate
 
-    from placement.api import build_problem, gradient, trust_problems
+    from placement.api import build_problem, gradient
     from placement.io import write_json
 
     t0 = time.perf_counter()
@@ -84,10 +83,11 @@ def _gradient(cfg) -> None:
     problem = build_problem(cfg.problem, kernel, cfg.objective.name)
     X = None if cfg.get("X") is None else list(cfg.X)
     retry = _retry_cfg(cfg)
-    est = gradient(problem, sampler_cfg, X=X, seed=int(cfg.seed), retry=retry)
+    est = gradient(problem, sampler_cfg, X=X, seed=int(cfg.seed), retry=retry,
+                   gradient_check=str(cfg.get("gradient_check", "error")))
     seconds = time.perf_counter() - t0
     d = est.diagnostics
-    problems = trust_problems(est, sampler_cfg, retry)
+    problems = list(d.get("warnings", []))
     Xused = problem.jm.X if X is None else np.asarray(X, dtype=float)
     result = {
         "X": Xused,
@@ -197,7 +197,7 @@ def _run(cfg) -> None:
                               fixed=tuple(int(i) for i in cfg.constraints.fixed), max_step=cfg.constraints.max_step)
     X0 = jm.X if cfg.get("X0") is None else check_design(list(cfg.X0), jm)
     check_design_in_bounds(np.asarray(X0), constraints)
-    engine = Engine(jm, sampler_cfg)
+    engine = Engine(jm, sampler_cfg, gradient_check=str(cfg.get("gradient_check", "error")))
     if cfg.resume and ckpt.exists():
         state, saved_fp = load_checkpoint(ckpt)
         if saved_fp != fingerprint:
@@ -357,8 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     from placement.errors import PlacementError
 
     def task(cfg: DictConfig) -> None:
-        for noisy in ("arviz", "arviz.preview", "jax._src.xla_bridge", "pymc"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        from placement.runtime import quiet_console_logging
+
+        quiet_console_logging()  # third-party INFO off the terminal (kept in the run's .log)
         run_dir = _run_dir()
         created = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir()) if run_dir.exists() else True
         try:
