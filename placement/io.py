@@ -55,13 +55,14 @@ def write_json(path, obj) -> Path:
 
 
 def write_csv(path, rows: list[dict]) -> Path:
-    """Rows of a trajectory as CSV (columns from the first row), atomically."""
+    """Rows of a trajectory as CSV, atomically. Columns: every key of any row, in order of first
+    appearance (rows from an older checkpoint or a sampler that reports more may differ)."""
     import csv
     import io
 
     buf = io.StringIO()
     if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})

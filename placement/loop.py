@@ -111,10 +111,11 @@ def outer_step(engine: Engine, state: OuterState, optimizer, constraints: Constr
     elif state.step + 1 >= cfg.steps:
         stop = "steps"
     sign = 1.0 if cfg.direction == "minimize" else -1.0
-    X_new, opt_state = X, state.opt_state
+    X_new, opt_state, refused = X, state.opt_state, None
     if stop is None and attempts.trusted:
         updates, opt_state = optimizer.update(sign * est.grad, state.opt_state, X)
-        X_new = project(np.asarray(optax.apply_updates(X, updates)), X, constraints)
+        X_new, refused = project(np.asarray(optax.apply_updates(X, updates)), X, constraints)
+    rows[-1]["projection"] = refused or ""  # why the step was refused (X stays put), else ""
     rows[-1]["step_seconds"] = time.perf_counter() - t0
     return OuterState(state.step + 1, X_new, jax.device_get(opt_state), jax.device_get(sstate), state.key, rows,
                       stalled, stop, untrusted)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import assert_within_se, cosine
 from conjugate import build, closed_form_F
-from placement.constraints import Constraints, project
+from placement.constraints import Constraints
 from placement.engine import Engine
 from placement.importance import ISConfig
 from placement.loop import LoopConfig, initial_state, load_checkpoint, outer_step, run_loop, save_checkpoint
@@ -58,25 +58,6 @@ def test_stopping_rules(conj_engine):
     st = run_loop(conj_engine, initial_state(conj_engine, conj_engine.jm.X, opt, 0), opt, Constraints(),
                   LoopConfig(steps=30, grad_tol=1e6))
     assert st.stop_reason == "grad_tol" and st.step == 1
-
-
-def test_projection_enforces_every_constraint():
-    rng = np.random.default_rng(0)
-    X_old = np.sort(rng.uniform(0, 10, 8))
-    X_new = X_old + rng.normal(0, 2, 8)
-    c = Constraints(lower=0.0, upper=10.0, min_spacing=0.5, fixed=(0,), max_step=1.0)
-    X = project(X_new, X_old, c)
-    assert X[0] == X_old[0]
-    assert np.all(X >= 0) and np.all(X <= 10)
-    gaps = np.diff(np.sort(X[1:]))
-    assert np.all(gaps >= 0.5 - 1e-9)
-    # max step alone: no point moves further than max_step
-    Xs = project(X_new, X_old, Constraints(max_step=1.0))
-    assert np.all(np.abs(Xs - X_old) <= 1.0 + 1e-12)
-    # 2-D spacing
-    P = project(np.zeros((4, 2)) + rng.normal(0, 0.01, (4, 2)), np.zeros((4, 2)), Constraints(min_spacing=0.3))
-    d = np.linalg.norm(P[:, None] - P[None], axis=-1) + np.eye(4)
-    assert d.min() >= 0.3 - 1e-6
 
 
 def test_simulator_gradient_includes_dy_dX():
