@@ -109,7 +109,10 @@ def _gradient(cfg) -> None:
     }
     out = write_json(_run_dir() / "gradient.json", result)
     print(_table(Xused, est))
-    print(f"sampler={d.get('sampler')}  draws={d.get('num_draws')}  seconds={seconds:.2f}  -> {out}")
+    print(f"sampler={d.get('sampler')}  draws={d.get('num_draws')}  relative SE={d.get('rel_se', float('nan')):.3g}  "
+          f"seconds={seconds:.2f}  -> {out}")
+    if d.get("target_note"):
+        print(f"WARNING: {d['target_note']}", file=sys.stderr)
     if d.get("note"):
         print(f"note: {d['note']}", file=sys.stderr)
     if d.get("sampler") == "nuts":

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from placement import gradcheck
+from placement import gradcheck, precision
 from placement.errors import PlacementError
-from placement.estimator import GradientEstimate, Sample, ess_bulk, estimate, make_terms, normalised_weights
+from placement.estimator import GradientEstimate, Sample, estimate, make_terms, normalised_weights
 from placement.importance import ISConfig, make_importance, proposal_from_moments
 from placement.laplace import MAPConfig, make_laplace, make_map_gradient
 from placement.model import JaxModel
@@ -135,13 +135,10 @@ class Engine:
             frac = 1.0 / np.sum(W**2) / len(W)
             if frac >= self.cfg.min_ess_fraction:
                 info = {"nuts_ran": False, "reweight_ess_fraction": float(frac)}
-                return state, Sample(theta, state["logp_ref"], None, None, info, None, state["inflation"])
+                return state, Sample(theta, state["logp_ref"], state["chains"], None, info)
         new, sample = self._draw_nuts(key, state, X, y)
-        N = sample.theta.shape[0]
-        c = sample.chains
-        ess = float(np.min(np.asarray(ess_bulk(sample.theta.reshape(c, N // c, -1), chain_axis=0, sample_axis=1))))
         new.update(theta=sample.theta, logp_ref=np.asarray(self.vlogp(jnp.asarray(sample.theta), X, y)),
-                   inflation=float(np.sqrt(max(N / max(ess, 1.0), 1.0))))
+                   chains=sample.chains)
         sample.info["nuts_ran"] = True
         return new, sample
 
@@ -175,6 +172,10 @@ class Engine:
             _, _, df, s = evaluated
             self._self_check(key, sample.theta[idx], np.asarray(s)[idx], np.asarray(df)[idx], X, y)
         est = estimate(self.terms, sample, X, y, evaluated=evaluated)
+        target = precision.target_of(self.cfg)
+        if self.kind == "importance" and target.active:
+            est, sample = self._more_draws(key, state, sample, evaluated, est, X, y, target, t0)
+        precision.record(est, target, int(sample.theta.shape[0]), time.perf_counter() - t0)
         if "ess_weights" in est.diagnostics:  # weighted draws: the share the sampler promises
             est.diagnostics["min_ess_fraction"] = float(getattr(self.cfg, "min_ess_fraction", 0.0))
         self._mark(est)
@@ -183,6 +184,28 @@ class Engine:
         est.diagnostics["num_draws"] = int(sample.theta.shape[0])
         est.diagnostics["seconds"] = time.perf_counter() - t0
         return state, est
+
+    def _more_draws(self, key, state, sample, evaluated, est, X, y, target, t0):
+        """Importance batches from the adapted proposal until the precision target is met or
+        the budget (max_draws, max_seconds) runs out. Every batch has the compiled size."""
+        thetas, log_qs, evs = [sample.theta], [sample.log_q], [evaluated]
+        n, batch, i = sample.theta.shape[0], sample.theta.shape[0], 0
+        out_of_time = lambda: target.max_seconds > 0 and time.perf_counter() - t0 >= target.max_seconds  # noqa: E731
+        while not precision.reached(est, target) and n + batch <= target.max_draws and not out_of_time():
+            want = min(precision.draws_needed(est, n, target), target.max_draws)
+            while n < want and n + batch <= target.max_draws and not out_of_time():
+                i += 1
+                theta, log_q = self.is_draw(jax.random.fold_in(key, 5000 + i), state["prop"])
+                thetas.append(np.asarray(theta))
+                log_qs.append(np.asarray(log_q))
+                evs.append(self.terms(theta, X, y))
+                n += batch
+            sample = sample._replace(theta=np.concatenate(thetas), log_q=np.concatenate(log_qs))
+            evaluated = tuple(jnp.concatenate([e[j] for e in evs]) for j in range(4))
+            est = estimate(self.terms, sample, X, y, evaluated=evaluated)
+        if not precision.reached(est, target):
+            est.diagnostics["target_stop"] = "max_seconds" if out_of_time() else "max_draws"
+        return est, sample
 
     def _self_check(self, key, thetas, s, df, X, y):
         """Compare the derivatives the estimate uses with finite differences (once per engine)."""

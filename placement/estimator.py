@@ -34,7 +34,8 @@ class Sample(NamedTuple):
     theta: (N, p) unconstrained draws.
     log_q: (N,) log proposal density (importance) or -log cell volume (quadrature);
         None for MCMC, whose draws carry equal weight.
-    chains: for MCMC the number of chains c (N = c * n, chain-major), else None.
+    chains: the number of chains c when the draws are chain-major MCMC series (N = c * n),
+        weighted or not (reused, reweighted NUTS draws), else None.
     coarse: (N,) bool mask of a half-resolution sub-grid (quadrature only), else None.
     info: sampler diagnostics (divergences, step sizes, ...), plain Python values.
     edge: (N,) bool mask of the grid's outermost layer (quadrature only), else None.
@@ -46,7 +47,6 @@ class Sample(NamedTuple):
     coarse: np.ndarray | None
     info: dict
     edge: np.ndarray | None = None
-    se_inflation: float = 1.0  # multiply SEs (reweighted MCMC draws are not independent)
 
 
 class GradientEstimate(NamedTuple):
@@ -167,6 +167,8 @@ def _core(logp, f, df, s, log_q, coarse, edge):
         "edge_mass": jnp.sum(jnp.where(edge, W, 0.0)),
         "nonfinite": N - jnp.sum(ok),
         "f": f,
+        "W": W,
+        "ok": ok,
     }
 
 
@@ -187,11 +189,25 @@ def estimate(terms: Callable, sample: Sample, X, y, evaluated=None) -> GradientE
     out = jax.device_get(_core(logp_w, f, df.reshape(N, -1), s.reshape(N, -1), log_q, coarse, edge))
     diag = info
     diag["nonfinite_draws"] = int(out["nonfinite"])
+    n_ok = max(int(np.sum(out["ok"])), 1)
+    # excluded (non-finite) draws carry weight 0 and influence 0, for every sampler
+    psi = np.where(out["ok"][:, None], out["psi"], 0.0)
     if mcmc:
-        se, ess = _mcmc_se(out["psi"], sample.chains)
+        se, ess = _mcmc_se(psi, sample.chains)
+        se = se * N / n_ok  # the mean runs over the n_ok finite draws
         F_se, grad_se = float(se[0]), se[1:]
         diag.update(_mcmc_diagnostics(sample, out["f"]))
         diag["ess_grad_min"] = float(ess[1:].min())
+    elif sample.chains is not None:
+        # weighted, autocorrelated draws (reused MCMC draws): the ratio estimator's influence
+        # values N W_i psi_i are a chain-major series; their own ESS gives the SE
+        se, ess = _mcmc_se(N * out["W"][:, None] * psi, sample.chains)
+        F_se, grad_se = float(se[0]), se[1:]
+        diag["ess_weights"] = float(out["ess_weights"])
+        diag["ess_grad_min"] = float(ess[1:].min())
+        diag["ess_bulk_min"] = diag["ess_grad_min"]
+        diag["pareto_k"] = float(_khat(out["log_w"]))
+        diag["rhat_max"] = float("nan")
     elif sample.coarse is None:
         F_se, grad_se = float(out["is_F_se"]), out["is_grad_se"]
         diag["ess_weights"] = float(out["ess_weights"])
@@ -206,8 +222,8 @@ def estimate(terms: Callable, sample: Sample, X, y, evaluated=None) -> GradientE
     return GradientEstimate(
         F=float(out["F"]),
         grad=np.asarray(out["grad"]).reshape(xshape),
-        F_se=float(F_se) * sample.se_inflation,
-        grad_se=np.asarray(grad_se).reshape(xshape) * sample.se_inflation,
+        F_se=float(F_se),
+        grad_se=np.asarray(grad_se).reshape(xshape),
         diagnostics=diag,
     )
 

@@ -40,6 +40,10 @@ class ISConfig:
     scales: tuple = (1.3, 3.0)
     mix: tuple = (0.7, 0.3)
     min_ess_fraction: float = 0.05
+    rel_se: float = 0.0  # precision target |grad_se| / |grad|: draw more batches until met (0 = off)
+    abs_se: float = 0.0  # absolute target on |grad_se| (0 = off)
+    max_draws: int = 1 << 20  # budget for the target
+    max_seconds: float = 0.0  # time budget for the target (0 = none)
 
 
 class Proposal(NamedTuple):

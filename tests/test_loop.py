@@ -72,7 +72,7 @@ def test_simulator_gradient_includes_dy_dX():
     eng = Engine(jm, ISConfig(num_samples=16384))
     st = eng.init(jax.random.PRNGKey(0), X, jm.y_at(X))
     _, est = eng.gradient(jax.random.PRNGKey(1), st, X, jm.y_at(X))
-    assert_within_se(est.grad, est.grad_se, np.asarray(total), atol=1e-6)
+    assert_within_se(est.grad, est.grad_se, np.asarray(total), atol=1e-6, se_cap=0.03)  # measured 0.012
     assert cosine(est.grad, total) > 0.98
 
 
@@ -91,6 +91,6 @@ def test_reweight_reuses_draws_for_small_moves_and_stays_within_its_errors():
     assert not est1.diagnostics["nuts_ran"] and est1.diagnostics["reweight_ess_fraction"] > 0.3
     F1, g1 = closed_form(X1, jm.y)
     assert est1.F == pytest.approx(F1, abs=4 * est1.F_se + 1e-6)
-    assert_within_se(est1.grad, est1.grad_se, g1, atol=1e-6)
+    assert_within_se(est1.grad, est1.grad_se, g1, atol=1e-6, se_cap=0.25)  # measured 0.12 (reused, reweighted NUTS draws)
     st, est2 = eng.gradient(jax.random.PRNGKey(3), st, X + 1.5, jm.y)  # a big move: weights collapse
     assert est2.diagnostics["nuts_ran"]

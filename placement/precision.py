@@ -1,0 +1,86 @@
+"""Precision on demand: how precise an estimate is, and how many more draws a target needs.
+
+The precision of dF/dX is its relative standard error |grad_se| / |grad| (Euclidean norms
+over all components), or the absolute |grad_se|. Monte Carlo standard errors fall like
+1/sqrt(N), so a target r reached from r_now at N draws needs about N (r_now / r)^2 draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from placement.errors import PlacementError
+from placement.estimator import GradientEstimate
+
+
+@dataclass(frozen=True)
+class Target:
+    """rel_se: wanted |grad_se| / |grad| (0 = none); abs_se: wanted |grad_se| (0 = none);
+    max_draws: stop adding draws beyond this many; max_seconds: or after this long (0 = no limit)."""
+
+    rel_se: float = 0.0
+    abs_se: float = 0.0
+    max_draws: int = 1 << 20
+    max_seconds: float = 0.0
+
+    def __post_init__(self):
+        if self.rel_se < 0 or self.abs_se < 0 or self.max_seconds < 0:
+            raise PlacementError("sampler.rel_se, sampler.abs_se and sampler.max_seconds must be >= 0.")
+        if self.max_draws < 1:
+            raise PlacementError("sampler.max_draws must be at least 1.")
+
+    @property
+    def active(self) -> bool:
+        return self.rel_se > 0 or self.abs_se > 0
+
+
+def target_of(cfg) -> Target:
+    """The precision target in a sampler config (fields rel_se, abs_se, max_draws, max_seconds)."""
+    return Target(float(getattr(cfg, "rel_se", 0.0)), float(getattr(cfg, "abs_se", 0.0)),
+                  int(getattr(cfg, "max_draws", 1 << 20)), float(getattr(cfg, "max_seconds", 0.0)))
+
+
+def rel_se(est: GradientEstimate) -> float:
+    """|grad_se| / |grad| (inf when the gradient is zero or not finite)."""
+    g = float(np.linalg.norm(est.grad))
+    se = float(np.linalg.norm(est.grad_se))
+    return se / g if g > 0 and np.isfinite(g) and np.isfinite(se) else float("inf")
+
+
+def reached(est: GradientEstimate, target: Target) -> bool:
+    se = float(np.linalg.norm(est.grad_se))
+    ok = np.isfinite(se)
+    if target.rel_se > 0:
+        ok = ok and rel_se(est) <= target.rel_se
+    if target.abs_se > 0:
+        ok = ok and se <= target.abs_se
+    return bool(ok)
+
+
+def draws_needed(est: GradientEstimate, n: int, target: Target) -> int:
+    """Total draws the target needs, from the precision at n draws (10% margin)."""
+    ratios = []
+    if target.rel_se > 0:
+        ratios.append(rel_se(est) / target.rel_se)
+    if target.abs_se > 0:
+        ratios.append(float(np.linalg.norm(est.grad_se)) / target.abs_se)
+    r = max(ratios) if ratios else 1.0
+    if not np.isfinite(r):
+        return 2 * n
+    return int(np.ceil(n * 1.1 * r**2))
+
+
+def record(est: GradientEstimate, target: Target, draws: int, seconds: float) -> None:
+    """Put what was reached into the estimate's diagnostics."""
+    d = est.diagnostics
+    d["rel_se"] = rel_se(est)
+    if target.active:
+        d["target_rel_se"] = target.rel_se
+        d["target_abs_se"] = target.abs_se
+        d["target_met"] = reached(est, target)
+        if not d["target_met"]:
+            limit = d.get("target_stop", "max_draws")
+            d["target_note"] = (f"precision target missed: relative SE {d['rel_se']:.3g} after {draws} draws "
+                                f"({seconds:.1f} s), stopped by sampler.{limit}; raise it or relax sampler.rel_se.")
