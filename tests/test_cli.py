@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["sampler.num_samples=4096", "sampler.pilot_iters=4"]
+FAST = ["sampler.num_samples=4096", "sampler.pilot_iters=4", "sampler.rel_se=0"]
 
 
 def run(args, tmp_path, env_extra=None):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from placement import runtime
 
-SMALL = ["sampler.num_samples=2048", "sampler.adapt_samples=1024"]
+SMALL = ["sampler.num_samples=2048", "sampler.adapt_samples=1024", "sampler.rel_se=0"]
 
 # absl / glog prefix of XLA's C++ log lines: E1126 07:41:05.792562    3461 file.cc:220]
 ABSL_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]", re.M)
