@@ -29,9 +29,14 @@ def cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def assert_within_se(est_grad, est_se, truth, k=4.0, atol=1e-6):
-    """Every component within k reported standard errors (plus a tiny absolute tolerance)."""
+def assert_within_se(est_grad, est_se, truth, *, se_cap, k=4.0, atol=1e-6):
+    """Every component within k reported standard errors (plus a tiny absolute tolerance), and
+    the standard errors no larger than the sampler should achieve: |est_se| <= se_cap |truth|
+    (Euclidean norms; callers set se_cap to about twice what they measured), so an inflated SE
+    cannot pass the first check for free."""
     err = np.abs(np.ravel(est_grad) - np.ravel(truth))
     bound = k * np.ravel(est_se) + atol
     bad = np.nonzero(err > bound)[0]
     assert bad.size == 0, f"components {bad.tolist()} off by {err[bad]} > {bound[bad]}"
+    rel = float(np.linalg.norm(np.ravel(est_se)) / np.linalg.norm(np.ravel(truth)))
+    assert rel <= se_cap, f"standard errors too large: |se| / |truth| = {rel:.3g} > se_cap = {se_cap}"

@@ -21,18 +21,21 @@ def conj():
     return Problem("conjugate", jm), F, g
 
 
+# se_cap: |grad_se| / |grad| may not exceed about twice what each sampler gave (measured 0.048
+# importance, 0.098-0.117 NUTS, 0.021 quadrature), so an inflated SE cannot buy a pass.
 @pytest.mark.parametrize(
-    "cfg",
-    [ISConfig(num_samples=8192), NUTSConfig(num_chains=4, num_warmup=300, num_draws=2500), QuadConfig(points=31)],
+    "cfg,se_cap",
+    [(ISConfig(num_samples=8192), 0.1), (NUTSConfig(num_chains=4, num_warmup=300, num_draws=2500), 0.25),
+     (QuadConfig(points=31), 0.04)],
     ids=["importance", "nuts", "quadrature"],
 )
-def test_sampler_matches_closed_form(conj, cfg):
+def test_sampler_matches_closed_form(conj, cfg, se_cap):
     problem, F, g = conj
     engine = Engine(problem.jm, cfg)
     for seed in range(2):
         est = gradient(problem, cfg, seed=seed, engine=engine)
         assert est.F == pytest.approx(F, abs=4 * est.F_se + 1e-6)
-        assert_within_se(est.grad, est.grad_se, g, atol=1e-6)
+        assert_within_se(est.grad, est.grad_se, g, atol=1e-6, se_cap=se_cap)
         assert cosine(est.grad, g) > 0.98
     if isinstance(cfg, NUTSConfig):
         assert est.diagnostics["rhat_max"] < 1.01
@@ -40,12 +43,30 @@ def test_sampler_matches_closed_form(conj, cfg):
 
 
 def test_gradient_at_a_new_design_reuses_the_compiled_engine(conj):
+    """A second estimate at another design traces and compiles nothing (every compiled
+    function takes X as a runtime input), and it is right at that design."""
+    import jax
+
     problem, _, _ = conj
     engine = Engine(problem.jm, ISConfig(num_samples=8192))
+    gradient(problem, None, seed=4, engine=engine)  # compiles everything the estimate needs
     X2 = problem.jm.X + np.linspace(-0.3, 0.3, len(problem.jm.X))
     F2, g2 = closed_form(X2, problem.jm.y)
-    est = gradient(problem, None, X=X2, seed=5, engine=engine)
-    assert_within_se(est.grad, est.grad_se, g2, atol=1e-6)
+    watched = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+    compiled = []
+
+    def listen(event, duration, **kw):
+        if event in watched:
+            compiled.append((event.rsplit("/", 1)[-1], kw.get("fun_name")))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        est = gradient(problem, None, X=X2, seed=5, engine=engine)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiled == [], f"traced or compiled again at a new design: {compiled}"
+    assert est.diagnostics["trusted"] == 1
+    assert_within_se(est.grad, est.grad_se, g2, atol=1e-6, se_cap=0.1)  # measured 0.049
     assert est.F == pytest.approx(F2, abs=4 * est.F_se + 1e-6)
 
 

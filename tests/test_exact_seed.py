@@ -49,7 +49,7 @@ def test_importance_default_agrees_within_its_standard_errors(seed_jm, truth):
     for seed in range(4):
         est = gradient(problem, None, seed=seed, engine=engine)
         assert est.F == pytest.approx(truth["F"], abs=4 * est.F_se + 1e-6)
-        assert_within_se(est.grad, est.grad_se, truth["grad"])
+        assert_within_se(est.grad, est.grad_se, truth["grad"], se_cap=0.15)  # measured 0.056-0.092
         assert cosine(est.grad, truth["grad"]) > 0.98
         errs.append(rel_err(est.grad, truth["grad"]))
         # the standard errors are not absurdly loose either
@@ -59,7 +59,8 @@ def test_importance_default_agrees_within_its_standard_errors(seed_jm, truth):
 
 def test_quadrature_sampler_is_near_exact(seed_jm, truth):
     est = gradient(Problem("seed_gp", seed_jm), QuadConfig(points=41), seed=0)
-    assert_within_se(est.grad, est.grad_se, truth["grad"], atol=1e-5)
+    # the coarse-grid difference is a loose error bound: measured 0.43 of |grad|
+    assert_within_se(est.grad, est.grad_se, truth["grad"], atol=1e-5, se_cap=0.9)
     assert rel_err(est.grad, truth["grad"]) < 0.05
     assert est.diagnostics["edge_mass"] < 1e-6
 
@@ -74,5 +75,5 @@ def test_integrated_variance_objective_against_quadrature():
     assert edge < 1e-8
     est = gradient(Problem("seed_gp", jm), ISConfig(), seed=1)
     assert est.F == pytest.approx(F, abs=4 * est.F_se + 1e-8)
-    assert_within_se(est.grad, est.grad_se, g, atol=1e-6)
+    assert_within_se(est.grad, est.grad_se, g, atol=1e-6, se_cap=0.05)  # measured 0.024
     assert cosine(est.grad, g) > 0.98

@@ -1,5 +1,6 @@
 """Sampler trouble: detected, retried with safer settings, recorded, and never stepped on."""
 
+import jax
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
@@ -34,6 +35,50 @@ def test_diagnose_names_each_kind_of_trouble():
     # thresholds come from the config
     assert diagnose(_est(sampler="nuts", rhat_max=1.2, ess_bulk_min=20, divergences=3),
                     RetryConfig(rhat_max=1.5, min_ess=10, max_divergences=5)) == []
+
+
+def _psis_k(log_w):
+    from placement.estimator import _khat
+
+    return float(_khat(np.asarray(log_w)))
+
+
+@pytest.mark.parametrize("target,proposal_sd,heavy", [
+    ("normal", 0.25, True),  # weights exp(x^2 (1/s^2 - 1) / 2): Pareto tail with k = 1 - s^2 = 0.94
+    ("t1", 1.0, True),  # Cauchy target, normal proposal: k = 1
+    ("normal", 2.0, False),  # a wider proposal: bounded weights, k < 0
+])
+def test_pareto_k_of_the_estimator_reads_the_weights_tail(target, proposal_sd, heavy):
+    """The estimator's Pareto k-hat on log weights of a known importance problem: above 0.7
+    when the proposal is narrower than the target, below 0.5 when it is wider; and equal to
+    arviz's PSIS k-hat (an independent implementation) on the same log weights. k-hat from
+    16384 weights varies by ~0.05 between seeds and comes out below the asymptotic k (measured
+    medians 0.83 and 0.75), so the decision is taken on the median of 11 seeds."""
+    import arviz as az
+    from scipy import stats
+
+    ks = []
+    for seed in range(11):
+        x = np.random.default_rng(seed).normal(0.0, proposal_sd, 16384)
+        log_p = stats.norm.logpdf(x) if target == "normal" else stats.t.logpdf(x, 1)
+        log_w = log_p - stats.norm.logpdf(x, 0.0, proposal_sd)
+        ks.append(_psis_k(log_w))
+        assert ks[-1] == pytest.approx(float(az.psislw(log_w.copy())[1]), abs=1e-6)
+    if heavy:
+        assert np.median(ks) > 0.7, ks
+    else:
+        assert max(ks) < 0.5, ks
+
+
+def test_too_narrow_importance_proposal_is_flagged():
+    """End to end: an importance sampler whose proposal is a tenth of the posterior's width
+    gives heavy-tailed weights, and diagnose() names it."""
+    jm = from_pymc(build(), "f")
+    eng = Engine(jm, ISConfig(num_samples=4096, adapt_samples=1024, scales=(0.1, 0.1)), gradient_check="off")
+    key = jax.random.PRNGKey(0)
+    _, est = eng.gradient(jax.random.fold_in(key, 1), eng.init(key, jm.X, jm.y), jm.X, jm.y)
+    assert est.diagnostics["pareto_k"] > 0.7, est.diagnostics
+    assert "pareto_k" in [c for c, _ in diagnose(est, RetryConfig())]
 
 
 def test_safer_settings_escalate():
@@ -71,13 +116,12 @@ def test_corrupted_sampler_state_is_retried_and_recovers(kind):
     assert not np.array_equal(new.X, st.X)  # it stepped, on the retried estimate
     # the retried estimate itself is right: recompute at the same key through the API path
     from placement.retry import robust_gradient
-    import jax
 
     _, est, att = robust_gradient(eng, jax.random.fold_in(st.key, 0), st.sampler_state, st.X, jm.y)
     assert att.trusted
     F, g = closed_form(st.X, jm.y)
     assert abs(est.F - F) < 4 * est.F_se + 1e-9
-    assert_within_se(est.grad, est.grad_se, g)
+    assert_within_se(est.grad, est.grad_se, g, se_cap=0.25 if kind == "nuts" else 0.1)  # measured 0.12, 0.047
 
 
 def _bimodal():
