@@ -51,29 +51,18 @@ def marginal(kernel, X, y):
     return m
 
 
-def latent(kernel, X, y):
+def prior_model(kernel, X, y, hilbert: bool):
+    """A latent GP (pm.gp.Latent, or pm.gp.HSGP when ``hilbert``) with Normal observations."""
     d = 1 if X.ndim == 1 else X.shape[1]
     with pm.Model() as m:
         Xd = pm.Data("X", X)
         yd = pm.Data("y", y)
         Xm = Xd[:, None] if X.ndim == 1 else Xd
         ell = pm.InverseGamma("ell", mu=1.5, sigma=0.8, shape=() if d == 1 else (d,))
-        gp = pm.gp.Latent(cov_func=kernel(d, ell))
-        f = gp.prior("g", X=Xm, jitter=1e-6)
-        pm.Normal("y_obs", mu=f, sigma=0.3, observed=yd)
-        pm.Deterministic("f", (f**2).mean())
-    return m
-
-
-def hsgp(kernel, X, y):
-    d = 1 if X.ndim == 1 else X.shape[1]
-    with pm.Model() as m:
-        Xd = pm.Data("X", X)
-        yd = pm.Data("y", y)
-        Xm = Xd[:, None] if X.ndim == 1 else Xd
-        ell = pm.InverseGamma("ell", mu=1.5, sigma=0.8, shape=() if d == 1 else (d,))
-        gp = pm.gp.HSGP(m=[12] * d, L=[12.0] * d, cov_func=kernel(d, ell))
-        f = gp.prior("g", X=Xm)
+        if hilbert:
+            f = pm.gp.HSGP(m=[12] * d, L=[12.0] * d, cov_func=kernel(d, ell)).prior("g", X=Xm)
+        else:
+            f = pm.gp.Latent(cov_func=kernel(d, ell)).prior("g", X=Xm, jitter=1e-6)
         pm.Normal("y_obs", mu=f, sigma=0.3, observed=yd)
         pm.Deterministic("f", (f**2).mean())
     return m
@@ -99,7 +88,9 @@ def assert_matches_finite_differences(jm, thetas):
 CASES = [("marginal", name, d) for name in STOCK for d in (1, 2)]
 CASES = [c for c in CASES if not (c[2] == 2 and c[1] in ("ratquad", "exponential"))]
 CASES += [("latent", "matern52", 1), ("latent", "expquad", 2), ("hsgp", "matern52", 1), ("hsgp", "expquad", 2)]
-BUILD = {"marginal": marginal, "latent": latent, "hsgp": hsgp}
+BUILD = {"marginal": marginal,
+         "latent": lambda k, X, y: prior_model(k, X, y, hilbert=False),
+         "hsgp": lambda k, X, y: prior_model(k, X, y, hilbert=True)}
 TWINS = {("marginal", "matern52", 1), ("marginal", "matern12", 2), ("marginal", "ratquad", 1), ("latent", "matern52", 1)}
 
 
