@@ -122,8 +122,12 @@ def outer_step(engine: Engine, state: OuterState, optimizer, constraints: Constr
 
 
 def save_checkpoint(path: Path, state: OuterState, fingerprint: str = "") -> None:
-    """Write the whole outer state atomically (readers see the previous or the new one)."""
-    blob = {"state": jax.device_get(state._asdict()), "fingerprint": fingerprint}
+    """Write the whole outer state atomically (readers see the previous or the new one).
+    The trajectory rows are stored as they are: as part of a pytree their keys (the CSV
+    columns) would come back sorted."""
+    fields = state._asdict()
+    rows = fields.pop("rows")
+    blob = {"state": jax.device_get(fields), "rows": rows, "fingerprint": fingerprint}
     write_atomic_bytes(path, pickle.dumps(blob, protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -132,9 +136,13 @@ def load_checkpoint(path: Path) -> tuple[OuterState, str]:
     try:
         with open(path, "rb") as fh:
             blob = pickle.load(fh)
-        return OuterState(**blob["state"]), blob["fingerprint"]
-    except (OSError, pickle.UnpicklingError, EOFError, TypeError, KeyError) as e:
-        raise PlacementError(f"cannot read the checkpoint {path} ({e}); delete it to start over.") from None
+        fields = dict(blob["state"])
+        if "rows" in blob:
+            fields["rows"] = blob["rows"]
+        return OuterState(**fields), blob["fingerprint"]
+    except Exception as e:  # noqa: BLE001 - corrupt or foreign bytes make pickle raise almost anything
+        raise PlacementError(f"cannot read the checkpoint {path} ({type(e).__name__}: {e}); delete it to start "
+                             "over.") from None
 
 
 def run_loop(engine: Engine, state: OuterState, optimizer, constraints: Constraints, cfg: LoopConfig,
