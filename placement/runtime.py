@@ -187,6 +187,8 @@ def install_stderr_filter() -> bool:
     global _filter
     if _filter is not None or os.name != "posix" or not sys.executable or os.environ.get("PLACEMENT_RAW_STDERR"):
         return False
+    if sys.stderr is not sys.__stderr__:  # someone (pytest's capture, a notebook) owns stderr: leave it alone
+        return False
     try:
         for stream in (sys.stderr, sys.__stderr__):
             if stream is not None:
