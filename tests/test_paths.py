@@ -27,6 +27,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -71,7 +72,11 @@ def placement(*args: str) -> Result:
     GlobalHydra.instance().clear()
     code = None
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # Hydra configures logging with dictConfig, which calls logging.shutdown() on every
+        # existing handler - pytest's own capture handlers included (then "I/O operation on
+        # closed file" in every later test of the worker). Handlers the CLI adds are closed below.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                mock.patch.object(logging, "shutdown", lambda *a, **k: None):
             try:
                 code = cli.main(list(args))
             except SystemExit as e:
@@ -160,7 +165,8 @@ def objective_for(command: str, i: int, j: int) -> str:
     return SMOOTH[(i + j) % 4]
 
 
-KERNELS = ["matern52", "matern32", "matern12", "expquad", "ratquad", "periodic"]
+# matern12 last: (family + problem) % 6 == 5 only on the custom problems (see test_matern12_... below)
+KERNELS = ["matern52", "matern32", "periodic", "expquad", "ratquad", "matern12"]
 OPTIMIZERS = ["adam", "sgd", "momentum", "rmsprop"]
 # samplers that compile the same programs (same settings below) share a kernel on each problem
 FAMILY = {"importance": 0, "importance_run": 0, "nuts": 1, "reweight": 1, "quadrature": 2, "map": 3}
@@ -299,8 +305,6 @@ def test_run_path(tmp_path, sampler, problem, objective, extra):
             assert X[k] == X0[k]
 
 
-
-
 @pytest.mark.parametrize("command,problem,sampler", [("gradient", "simulator", "quadrature"),
                                                      ("run", "seed_gp", "importance_run")])
 def test_max_variance_on_the_builtin_problems(tmp_path, command, problem, sampler):
@@ -308,6 +312,21 @@ def test_max_variance_on_the_builtin_problems(tmp_path, command, problem, sample
     extra = ["steps=2", "plots=false"] if command == "run" else []
     r = placement(command, f"hydra.run.dir={out}", "objective=max_variance", *PROBLEMS[problem], *SAMPLERS[sampler],
                   *extra, *RETRY)
+    assert_ok(r)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kernel=matern12 with a grid objective (integrated_variance, the default of `placement run`; also "
+    "max_variance, target_variance) on seed_gp or simulator exits 2: design points coincide with grid points "
+    "(X = linspace(0, 10, 10), or its interior for simulator, meets the grid linspace(0, 10, 40) at 10/3 and "
+    "20/3, and at 0 and 10), and Matern12's exp(-|x - g| / ell) has a kink there, so the self-check stops with "
+    "'error: the gradient self-check failed: d integrated_variance / dX ... has a kink at this design ... a max, "
+    "min, abs or switch on the design'. A documented kernel x objective pair that never runs on the built-in "
+    "problems"))
+def test_matern12_with_a_grid_objective_on_the_builtin_problems(tmp_path):
+    out = tmp_path / "out"
+    r = placement("run", f"hydra.run.dir={out}", "kernel=matern12", "steps=2", "plots=false",
+                  *SAMPLERS["importance_run"], *RETRY)
     assert_ok(r)
 
 
@@ -331,8 +350,6 @@ def test_preset_runs(tmp_path, preset):
     assert_ok(r)
     shape = DESIGN_SHAPE["simulator" if preset.startswith("simulator") else "seed_gp"]
     check_run_dir(out, 2, shape, predictive=True)
-
-
 
 
 @pytest.mark.parametrize("preset,expected", [
@@ -477,7 +494,7 @@ def test_resume_continues_and_refuses_a_changed_config_or_a_corrupt_checkpoint(t
         after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".log"}
         assert after == before
     # garbage in checkpoint.pkl (bytes that load_checkpoint recognises today; see CORRUPT): one clear error
-    (out / "checkpoint.pkl").write_bytes(CORRUPT["random_256"][0])
+    (out / "checkpoint.pkl").write_bytes(CORRUPT["random_256"])
     r = placement("run", f"hydra.run.dir={out}", "steps=4", "resume=true", *RESUME)
     assert_clear_error(r, "checkpoint")
     assert (out / "result.json").exists() and read_rows(out / "trajectory.csv") == rows
@@ -498,33 +515,31 @@ def test_resume_keeps_the_trajectory_column_order(tmp_path):
     assert header == (fresh / "trajectory.csv").read_text().splitlines()[0]
 
 
-
-# (payload, whether load_checkpoint turns it into a PlacementError today)
+# corrupt or foreign checkpoint bytes (the comments say what pickle.load raises on them)
 CORRUPT = {
-    "text": (b"garbage bytes, not a pickle", True),
-    "empty": (b"", True),
-    "truncated": (None, True),  # the first half of a real checkpoint, filled in by the test
-    "random_256": (np.random.default_rng(0).bytes(256), True),
-    "list": (b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01K\x02e.", True),
-    "text_with_newline": (b"garbage bytes, not a pickle\nsecond line\n", False),  # ValueError (opcode GET)
-    "extension_code": (b"\x83\x92\x1e\xd5", False),  # ValueError: unregistered extension code
-    "frame_length": (b"\x95e\xd6\xdb\xeb\x97\x83\x83\xe0", False),  # OverflowError
-    "bad_utf8": (b"\x80\x05\x8c\x01\x84\xdb\xeb\r", False),  # UnicodeDecodeError
-    "absurd_length": (b"\x8d\x8a\xe4\xf9&e\xf1\xedV", False),  # MemoryError, raised at once (no allocation)
-    "missing_module": (b"cno_such_module\nThing\n.", False),  # ModuleNotFoundError
-    "missing_class": (b"cplacement.loop\nNoSuchThing\n.", False),  # AttributeError
+    "text": b"garbage bytes, not a pickle",
+    "empty": b"",
+    "truncated": None,  # the first half of a real checkpoint, filled in by the test
+    "random_256": np.random.default_rng(0).bytes(256),
+    "list": b"\x80\x04\x95\x0b\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01K\x02e.",
+    "text_with_newline": b"garbage bytes, not a pickle\nsecond line\n",  # ValueError (opcode GET)
+    "extension_code": b"\x83\x92\x1e\xd5",  # ValueError: unregistered extension code
+    "frame_length": b"\x95e\xd6\xdb\xeb\x97\x83\x83\xe0",  # OverflowError
+    "bad_utf8": b"\x80\x05\x8c\x01\x84\xdb\xeb\r",  # UnicodeDecodeError
+    "absurd_length": b"\x8d\x8a\xe4\xf9&e\xf1\xedV",  # MemoryError, raised at once (no allocation)
+    "missing_module": b"cno_such_module\nThing\n.",  # ModuleNotFoundError
+    "missing_class": b"cplacement.loop\nNoSuchThing\n.",  # AttributeError
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n)
-                                  for n, (_, caught) in CORRUPT.items()])
+@pytest.mark.parametrize("name", list(CORRUPT))
 def test_load_checkpoint_turns_any_corrupt_file_into_a_placement_error(tmp_path, name):
     import pickle
 
     from placement.errors import PlacementError
     from placement.loop import load_checkpoint
 
-    data = CORRUPT[name][0]
+    data = CORRUPT[name]
     if data is None:
         real = pickle.dumps({"state": {"step": 1, "X": np.zeros(10)}, "fingerprint": "abc"})
         data = real[: len(real) // 2]
@@ -539,6 +554,6 @@ def test_resume_from_a_checkpoint_with_unreadable_bytes_gives_one_clear_error(tm
     not catch: placement run resume=true must end with one ``error:`` line and exit 2."""
     out = tmp_path / "out"
     out.mkdir()
-    (out / "checkpoint.pkl").write_bytes(CORRUPT["text_with_newline"][0])
+    (out / "checkpoint.pkl").write_bytes(CORRUPT["text_with_newline"])
     r = placement("run", f"hydra.run.dir={out}", "steps=2", "resume=true", *RESUME)
     assert_clear_error(r, "checkpoint")
