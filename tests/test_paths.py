@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import traceback
@@ -96,6 +97,8 @@ def placement(*args: str) -> Result:
         root.handlers[:] = handlers
         root.setLevel(level)
         GlobalHydra.instance().clear()
+    if code == 143:  # the CLI's handler caught a SIGTERM meant for this process: deliver it as intended
+        os.kill(os.getpid(), signal.SIGTERM)
     return Result(int(code or 0), out.getvalue(), err.getvalue())
 
 
@@ -181,10 +184,12 @@ def matrix(command: str) -> list:
     cases = []
     for i, sampler in enumerate(SAMPLERS):
         for j, problem in enumerate(PROBLEMS):
+            if (i + j) % 2 != (command == "run"):  # half the cells per command: every pair once overall
+                continue
             objective, kernel = objective_for(command, i, j), kernel_for(sampler, j)
             extra = [f"kernel={kernel}"]
             if command == "run":
-                extra.append(f"optimizer={OPTIMIZERS[(i + j) % len(OPTIMIZERS)]}")
+                extra.append(f"optimizer={OPTIMIZERS[len(cases) % len(OPTIMIZERS)]}")
                 extra += RUN_CONSTRAINTS.get((sampler, problem), [])
             cases.append(pytest.param(sampler, problem, objective, extra, id="-".join([sampler, problem, objective, *(
                 a.split("=", 1)[1] for a in extra[:2])]) + ("-constraints" if len(extra) > 2 else "")))
@@ -193,17 +198,20 @@ def matrix(command: str) -> list:
 
 # README's constraint options, on two run cases (checked on the result)
 RUN_CONSTRAINTS = {
-    ("importance", "seed_gp"): ["constraints.min_spacing=0.5", "constraints.fixed=[0,9]", "constraints.max_step=0.3"],
-    ("importance_run", "custom_d2"): ["constraints.min_spacing=0.1", "constraints.max_step=0.05"],
+    ("importance_run", "seed_gp"): ["constraints.min_spacing=0.5", "constraints.fixed=[0,9]", "constraints.max_step=0.3"],
+    ("importance", "custom_d2"): ["constraints.min_spacing=0.1", "constraints.max_step=0.05"],
 }
 
 
 def test_the_matrix_covers_every_sampler_objective_pair():
-    pairs = {(p.values[0], p.values[2]) for c in ("gradient", "run") for p in matrix(c)}
-    assert pairs == {(s, o) for s in SAMPLERS for o in OBJECTIVES}
+    # the suite's time allows each (sampler, problem) cell once, in gradient or in run
+    cells = [(p.values[0], p.values[1]) for c in ("gradient", "run") for p in matrix(c)]
+    assert sorted(cells) == sorted((s, q) for s in SAMPLERS for q in PROBLEMS)
     for c in ("gradient", "run"):
-        assert {(p.values[0], p.values[1]) for p in matrix(c)} == {(s, q) for s in SAMPLERS for q in PROBLEMS}
-        assert {a for p in matrix(c) for a in p.values[3] if a.startswith("kernel=")} == {f"kernel={k}" for k in KERNELS}
+        assert {p.values[0] for p in matrix(c)} == set(SAMPLERS) and {p.values[1] for p in matrix(c)} == set(PROBLEMS)
+    assert {p.values[2] for c in ("gradient", "run") for p in matrix(c)} == set(OBJECTIVES)
+    assert {a for c in ("gradient", "run") for p in matrix(c) for a in p.values[3] if a.startswith("kernel=")} == {
+        f"kernel={k}" for k in KERNELS}
     assert {a for p in matrix("run") for a in p.values[3] if a.startswith("optimizer=")} == {
         f"optimizer={o}" for o in OPTIMIZERS}
     assert sorted(p.stem for p in (HERE.parent / "conf" / "kernel").glob("*.yaml")) == sorted(KERNELS)
@@ -211,8 +219,8 @@ def test_the_matrix_covers_every_sampler_objective_pair():
     assert sorted(p.stem for p in (HERE.parent / "conf" / "sampler").glob("*.yaml")) == sorted(SAMPLERS)
     assert sorted(p.stem for p in (HERE.parent / "conf" / "problem").glob("*.yaml")) == ["custom", "seed_gp", "simulator"]
     assert sorted(p.stem for p in (HERE.parent / "conf" / "objective").glob("*.yaml")) == sorted(OBJECTIVES)
-    assert {(p.values[1], p.values[2]) for c in ("gradient", "run") for p in matrix(c)} >= {
-        (q, o) for q in PROBLEMS for o in SMOOTH}
+    for q in PROBLEMS:  # every problem meets several objectives
+        assert len({p.values[2] for c in ("gradient", "run") for p in matrix(c) if p.values[1] == q}) >= 2
 
 
 # -- output checks -------------------------------------------------------------------------
@@ -406,7 +414,10 @@ def suggest_data(tmp_path_factory):
 
 def suggest_cases():
     # d = 2 data for the map row, d = 1 for the others (one hyperparameter export per sampler)
-    return [pytest.param(c, s, 2 if s == "map" else 1, id=f"{s}-{c}") for s in SUGGEST_SAMPLERS for c in CRITERIA]
+    # every criterion with the default sampler, every other sampler with one criterion each
+    pairs = [("importance", c) for c in CRITERIA] + [(s, CRITERIA[k % len(CRITERIA)])
+                                                      for k, s in enumerate(SUGGEST_SAMPLERS) if s != "importance"]
+    return [pytest.param(c, s, 2 if s == "map" else 1, id=f"{s}-{c}") for s, c in pairs]
 
 
 @pytest.mark.parametrize("criterion,sampler,d", suggest_cases())
