@@ -42,7 +42,11 @@ def seed_data(n: int = 10, seed: int = 2, ell: float = 5.0, eta: float = 8.0, si
 
 
 def domain_points(domain, num: int) -> np.ndarray:
-    """Points covering the domain box: a linspace for d = 1, a fixed scrambled Sobol set for d > 1.
+    """Points covering the domain box: cell midpoints for d = 1, a fixed scrambled Sobol set for d > 1.
+
+    Midpoints, not a linspace: designs that start on an even grid (linspace(lo, hi, n), the
+    built-in problems) would otherwise sit exactly on integration points, where a Matern12
+    kernel's variance has a kink in X and the gradient is not defined.
 
     Args:
         domain: [lo, hi] for d = 1 or [[lo, hi], ...] per column.
@@ -53,7 +57,7 @@ def domain_points(domain, num: int) -> np.ndarray:
     if box.shape[1] != 2 or np.any(box[:, 0] >= box[:, 1]):
         raise PlacementError(f"domain must be [lo, hi] (or one [lo, hi] per column) with lo < hi; got {domain}.")
     if box.shape[0] == 1:
-        return np.linspace(box[0, 0], box[0, 1], num)
+        return box[0, 0] + (np.arange(num) + 0.5) * (box[0, 1] - box[0, 0]) / num
     from scipy.stats import qmc
 
     u = qmc.Sobol(d=box.shape[0], scramble=True, seed=0).random(num)
@@ -76,7 +80,7 @@ def gp_model(X, y, kernel: Callable = Matern52, domain=(0.0, 10.0), grid: int = 
             maximum (softmax-weighted mean, temperature 1% of the mean variance), so that
             ties between points do not leave the gradient undefined.
         target_variance: predictive variance of the integral of f over the domain
-            (trapezoid weights; a user-chosen linear functional).
+            (midpoint or quasi-Monte Carlo weights; a user-chosen linear functional).
         pred_mu, pred_var: predictive mean and variance of f on the domain points (plots).
     """
     X = np.asarray(X, dtype=np.float64)
@@ -88,11 +92,7 @@ def gp_model(X, y, kernel: Callable = Matern52, domain=(0.0, 10.0), grid: int = 
         raise PlacementError(f"the domain has {Gm.shape[1]} columns but X has {d}; give one [lo, hi] per column of X.")
     box = np.atleast_2d(np.asarray(domain, dtype=np.float64))
     volume = float(np.prod(box[:, 1] - box[:, 0]))
-    if d == 1:
-        w = np.full(grid, (box[0, 1] - box[0, 0]) / (grid - 1))
-        w[[0, -1]] *= 0.5
-    else:
-        w = np.full(grid, volume / grid)
+    w = np.full(grid, volume / grid)  # midpoint (d = 1) or quasi-Monte Carlo (d > 1) weights
     with pm.Model() as model:
         Xd = pm.Data("X", X)
         yd = pm.Data("y", y)

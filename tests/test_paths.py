@@ -323,14 +323,6 @@ def test_max_variance_on_the_builtin_problems(tmp_path, command, problem, sample
     assert_ok(r)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel=matern12 with a grid objective (integrated_variance, the default of `placement run`; also "
-    "max_variance, target_variance) on seed_gp or simulator exits 2: design points coincide with grid points "
-    "(X = linspace(0, 10, 10), or its interior for simulator, meets the grid linspace(0, 10, 40) at 10/3 and "
-    "20/3, and at 0 and 10), and Matern12's exp(-|x - g| / ell) has a kink there, so the self-check stops with "
-    "'error: the gradient self-check failed: d integrated_variance / dX ... has a kink at this design ... a max, "
-    "min, abs or switch on the design'. A documented kernel x objective pair that never runs on the built-in "
-    "problems"))
 def test_matern12_with_a_grid_objective_on_the_builtin_problems(tmp_path):
     out = tmp_path / "out"
     r = placement("run", f"hydra.run.dir={out}", "kernel=matern12", "steps=2", "plots=false",
