@@ -107,7 +107,7 @@ def gradient(problem: Problem, sampler_cfg: Any, X=None, seed: int = 0, engine: 
     """F and dF/dX at X (default: the problem's design) with standard errors. On sampler
     trouble it retries with safer settings (``retry``); ``diagnostics["attempts"]`` and
     ``["actions"]`` say what was done, ``["trusted"]`` whether it worked (by
-    ``placement.retry.diagnose``, the one trust rule) and ``["trouble"]`` why not.
+    ``placement.retry.diagnose``, the one trust rule) and ``["warnings"]`` why not.
     ``gradient_check``: "error" (stop when the model's X-derivatives disagree with finite
     differences), "untrusted" (go on, every estimate untrusted) or "off"."""
     t0 = time.perf_counter()

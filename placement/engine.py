@@ -167,7 +167,7 @@ class Engine:
         state, sample = self.draw(key, state, X, y)
         evaluated = self.terms(jnp.asarray(sample.theta), X, y)
         if self.check_result is None and self.gradient_check != "off":
-            W = self.sample_weights(sample, X, y) if sample.log_q is not None else None
+            W = None if sample.log_q is None else normalised_weights(evaluated[0], sample.log_q)  # logp is in hand
             idx = gradcheck.pick_draws(W, sample.theta.shape[0], 8)
             _, _, df, s = evaluated
             self._self_check(key, sample.theta[idx], np.asarray(s)[idx], np.asarray(df)[idx], X, y)
