@@ -83,7 +83,8 @@ def main():
     from placement.api import build_problem
     from placement.engine import Engine
     from placement.importance import ISConfig
-    from placement.sampler import NUTSConfig, ReweightConfig
+    from placement.nuts import NUTSConfig
+from placement.reweight import ReweightConfig
 
     OUT.mkdir(parents=True, exist_ok=True)
     report = {}

@@ -16,13 +16,14 @@ draws held fixed.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax import diagnostics as bjd
 
+from placement import samplers
 from placement.model import JaxModel
 
 Array = jax.Array
@@ -37,7 +38,7 @@ class Sample(NamedTuple):
     chains: the number of chains c when the draws are chain-major MCMC series (N = c * n),
         weighted or not (reused, reweighted NUTS draws), else None.
     coarse: (N,) bool mask of a half-resolution sub-grid (quadrature only), else None.
-    info: sampler diagnostics (divergences, step sizes, ...), plain Python values.
+    info: the sampler's typed diagnostics (a NamedTuple such as NUTSInfo) or a dict of plain values.
     edge: (N,) bool mask of the grid's outermost layer (quadrature only), else None.
     """
 
@@ -45,7 +46,7 @@ class Sample(NamedTuple):
     log_q: np.ndarray | None
     chains: int | None
     coarse: np.ndarray | None
-    info: dict
+    info: Any
     edge: np.ndarray | None = None
 
 
@@ -182,7 +183,7 @@ def estimate(terms: Callable, sample: Sample, X, y, evaluated=None) -> GradientE
     mcmc = sample.log_q is None
     log_q = np.zeros(N) if mcmc else np.asarray(sample.log_q)
     coarse = np.zeros(N, bool) if sample.coarse is None else np.asarray(sample.coarse)
-    info = dict(sample.info)
+    info = samplers.as_dict(sample.info)
     edge = np.zeros(N, bool) if sample.edge is None else np.asarray(sample.edge)
     # MCMC draws carry equal weight: logp - log_q would weight them by the density again.
     logp_w = jnp.where(jnp.isfinite(logp), 0.0, jnp.nan) if mcmc else logp

@@ -15,13 +15,19 @@ re-fitted from the weighted draws ``adapt_iters`` times before the final batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import gammaln
+
+from placement.errors import PlacementError
+from placement.estimator import Sample
+from placement.laplace import make_laplace
+from placement.samplers import Sampler, register
 
 Array = jax.Array
 
@@ -44,6 +50,14 @@ class ISConfig:
     abs_se: float = 0.0  # absolute target on |grad_se| (0 = off)
     max_draws: int = 1 << 20  # budget for the target
     max_seconds: float = 0.0  # time budget for the target (0 = none)
+
+    def safer(self, level: int):
+        """Retry settings: a fresh pilot, longer adaptation, more draws."""
+        f = 2**level
+        new = replace(self, adapt_iters=self.adapt_iters * f, pilot_iters=self.pilot_iters * f,
+                      num_samples=self.num_samples * f)
+        return new, (f"re-initialised proposal, adapt_iters={new.adapt_iters}, pilot_iters={new.pilot_iters}, "
+                     f"num_samples={new.num_samples}")
 
 
 class Proposal(NamedTuple):
@@ -109,3 +123,38 @@ def make_importance(logdensity: Callable, cfg: ISConfig):
         return theta, proposal_logpdf(prop, theta, cfg)
 
     return adapt, draw
+
+
+class ISState(NamedTuple):
+    prop: Proposal  # the adapted proposal, carried to the next design
+
+
+@register(ISConfig)
+def build(jm, cfg: ISConfig) -> Sampler:
+    """``sampler=importance``: adapt the proposal at each design, then one batch of draws;
+    ``extend`` draws further batches from the same adapted proposal."""
+    if cfg.pilot not in ("wide", "laplace"):
+        raise PlacementError(f"sampler.pilot must be 'wide' or 'laplace' (got {cfg.pilot!r}).")
+    adapt, draw_batch = make_importance(jm.logdensity, cfg)
+    laplace = make_laplace(jm.logdensity) if cfg.pilot == "laplace" else None
+    theta0 = jnp.asarray(jm.initial_point)
+
+    def init(key, X, y):
+        if laplace is not None:
+            lap = laplace(key, theta0, X, y)
+            return ISState(proposal_from_moments(lap.mode, lap.cov))
+        # a wide proposal around the initial point, adapted from its own draws
+        prop = proposal_from_moments(theta0, cfg.pilot_scale**2 * jnp.eye(jm.ndim))
+        return ISState(adapt(key, prop, X, y, iters=cfg.pilot_iters))
+
+    def draw(key, state, X, y):
+        k1, k2 = jax.random.split(key)
+        prop = adapt(k1, state.prop, X, y)
+        theta, log_q = draw_batch(k2, prop)
+        return ISState(prop), Sample(np.asarray(theta), np.asarray(log_q), None, None, {})
+
+    def extend(key, state, X, y):
+        theta, log_q = draw_batch(key, state.prop)
+        return state, Sample(np.asarray(theta), np.asarray(log_q), None, None, {})
+
+    return Sampler("importance", init, draw, extend)

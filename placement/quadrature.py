@@ -15,9 +15,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import jax.numpy as jnp
 import numpy as np
 
 from placement.errors import PlacementError
+from placement.estimator import Sample
+from placement.laplace import LaplaceState, make_laplace
+from placement.samplers import Sampler, register
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,6 @@ class QuadConfig:
     points: int = 41
     reach: float = 4.6
     max_params: int = 4
-
-
 
 
 def check_supported(p: int, cfg: QuadConfig) -> None:
@@ -62,3 +64,21 @@ def sinh_grid(mode: np.ndarray, cov: np.ndarray, cfg: QuadConfig):
     coarse = np.all(idx % 2 == 0, axis=1)
     edge = np.any((idx == 0) | (idx == n - 1), axis=1)
     return theta, log_q, coarse, edge
+
+
+@register(QuadConfig)
+def build(jm, cfg: QuadConfig) -> Sampler:
+    """``sampler=quadrature``: a grid around the current mode (Laplace fit, warm-started)."""
+    check_supported(jm.ndim, cfg)
+    laplace = make_laplace(jm.logdensity)
+    theta0 = jnp.asarray(jm.initial_point)
+
+    def init(key, X, y):
+        return LaplaceState(laplace(key, theta0, X, y))
+
+    def draw(key, state, X, y):
+        lap = laplace(key, state.fit.mode, X, y)  # re-centred, warm-started from the last mode
+        theta, log_q, coarse, edge = sinh_grid(np.asarray(lap.mode), np.asarray(lap.cov), cfg)
+        return LaplaceState(lap), Sample(theta, log_q, None, coarse, {}, edge)
+
+    return Sampler("quadrature", init, draw)

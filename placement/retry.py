@@ -25,8 +25,7 @@ import numpy as np
 from placement.engine import Engine
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
-from placement.importance import ISConfig
-from placement.sampler import NUTSConfig
+from placement.samplers import safer as safer_config
 
 
 @dataclass(frozen=True)
@@ -97,22 +96,6 @@ def diagnose(est: GradientEstimate, cfg: RetryConfig = RetryConfig()) -> list[tu
 
 
 NOT_RETRIED = ("gradient_check",)  # trouble in the model, not the sampler: a retry cannot help
-
-
-def safer_config(cfg: Any, level: int) -> tuple[Any, str]:
-    """The sampler settings for retry ``level`` (1, 2, ...) and a description of them."""
-    f = 2**level
-    if isinstance(cfg, NUTSConfig):
-        ta = 1.0 - (1.0 - cfg.target_accept) / f
-        new = replace(cfg, target_accept=ta, num_warmup=cfg.num_warmup * f, num_draws=cfg.num_draws * f, warm_start=False)
-        return new, (f"re-initialised chains, target_accept={ta:.3g}, num_warmup={new.num_warmup}, "
-                     f"num_draws={new.num_draws}")
-    if isinstance(cfg, ISConfig):
-        new = replace(cfg, adapt_iters=cfg.adapt_iters * f, pilot_iters=cfg.pilot_iters * f,
-                      num_samples=cfg.num_samples * f)
-        return new, (f"re-initialised proposal, adapt_iters={new.adapt_iters}, pilot_iters={new.pilot_iters}, "
-                     f"num_samples={new.num_samples}")
-    return None, "no safer setting for this sampler"
 
 
 def _safer_engine(engine: Engine, level: int) -> tuple[Engine | None, str]:

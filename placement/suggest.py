@@ -183,7 +183,7 @@ def _hyper_tools(kernel: str, n: int, d: int, sampler: str):
     if sampler == "map":
         return jm, constrain, make_laplace(jm.logdensity), None
     if sampler == "nuts":
-        from placement.sampler import NUTSConfig
+        from placement.nuts import NUTSConfig
 
         return jm, constrain, None, Engine(jm, NUTSConfig(num_chains=4, num_warmup=500, num_draws=500))
     return jm, constrain, None, Engine(jm, ISConfig(num_samples=4096, adapt_samples=2048))

@@ -10,7 +10,7 @@ from placement.cli import CONF_DIR
 from placement.importance import ISConfig
 from placement.laplace import MAPConfig
 from placement.quadrature import QuadConfig
-from placement.sampler import NUTSConfig
+from placement.nuts import NUTSConfig
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")) for g in
           ["problem", "kernel", "objective", "optimizer", "sampler", "experiment"]}

@@ -10,7 +10,7 @@ from placement.engine import Engine
 from placement.importance import ISConfig
 from placement.model import from_pymc
 from placement.quadrature import QuadConfig
-from placement.sampler import NUTSConfig
+from placement.nuts import NUTSConfig
 
 
 @pytest.fixture(scope="module")

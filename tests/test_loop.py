@@ -78,7 +78,7 @@ def test_simulator_gradient_includes_dy_dX():
 
 def test_reweight_reuses_draws_for_small_moves_and_stays_within_its_errors():
     from conjugate import closed_form
-    from placement.sampler import ReweightConfig
+    from placement.reweight import ReweightConfig
 
     jm = from_pymc(build(), "f")
     eng = Engine(jm, ReweightConfig(num_warmup=300, num_draws=2000, min_ess_fraction=0.3))

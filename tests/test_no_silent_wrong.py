@@ -16,7 +16,8 @@ from placement.importance import ISConfig
 from placement.model import from_pymc
 from placement.quadrature import QuadConfig
 from placement.retry import RetryConfig
-from placement.sampler import NUTSConfig, ReweightConfig
+from placement.nuts import NUTSConfig
+from placement.reweight import ReweightConfig
 
 POOR = {
     "importance_tiny": ISConfig(num_samples=64, adapt_samples=64, adapt_iters=0, pilot_iters=1),

@@ -353,7 +353,7 @@ def test_preset_runs(tmp_path, preset):
 
 
 @pytest.mark.parametrize("preset,expected", [
-    pytest.param("seed_nuts_warm", {"sampler._target_": "placement.sampler.NUTSConfig", "sampler.num_draws": 500,
+    pytest.param("seed_nuts_warm", {"sampler._target_": "placement.nuts.NUTSConfig", "sampler.num_draws": 500,
                                     "sampler.rewarmup": 50, "objective.name": "integrated_variance", "steps": 50},
                  id="seed_nuts_warm"),
     pytest.param("seed_posterior_mean", {"objective.name": "gp_mu", "optimizer.learning_rate": 0.05,

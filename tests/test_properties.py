@@ -18,7 +18,7 @@ from placement.engine import Engine
 from placement.importance import ISConfig
 from placement.model import from_pymc
 from placement.retry import robust_gradient
-from placement.sampler import NUTSConfig
+from placement.nuts import NUTSConfig
 
 
 def _z(est, F, g):

@@ -15,8 +15,9 @@ from placement.importance import ISConfig
 from placement.loop import LoopConfig, initial_state, outer_step, run_loop
 from placement.model import from_pymc
 from placement.optim import make_optimizer
-from placement.retry import RetryConfig, diagnose, safer_config
-from placement.sampler import NUTSConfig
+from placement.retry import RetryConfig, diagnose
+from placement.samplers import safer as safer_config
+from placement.nuts import NUTSConfig
 
 
 def _est(**diag):
@@ -103,11 +104,12 @@ def test_corrupted_sampler_state_is_retried_and_recovers(kind):
     opt = make_optimizer("adam", 0.05)
     st = initial_state(eng, jm.X, opt, 3)
     if kind == "nuts":
-        bad = st.sampler_state["nuts"]._replace(position=np.full_like(st.sampler_state["nuts"].position, np.nan))
-        st = st._replace(sampler_state=dict(st.sampler_state, nuts=bad, warm=True))
+        chains = st.sampler_state.chains
+        bad = chains._replace(position=np.full_like(chains.position, np.nan))
+        st = st._replace(sampler_state=st.sampler_state._replace(chains=bad, warm=True))
     else:
-        prop = st.sampler_state["prop"]
-        st = st._replace(sampler_state={"prop": prop._replace(mean=np.full_like(prop.mean, np.nan))})
+        prop = st.sampler_state.prop
+        st = st._replace(sampler_state=st.sampler_state._replace(prop=prop._replace(mean=np.full_like(prop.mean, np.nan))))
     new = outer_step(eng, st, opt, Constraints(), LoopConfig(steps=5))
     row = new.rows[0]
     assert "nan" in row["trouble"].split("+")

@@ -13,7 +13,7 @@ Sign convention: blackjax wants +log density; the model's ``logdensity`` is +log
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 import jax
@@ -22,6 +22,9 @@ import numpy as np
 from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_averaging_adaptation
 from blackjax.mcmc import nuts as bj_nuts
 from blackjax.mcmc.hmc import HMCState
+
+from placement.estimator import Sample
+from placement.samplers import Sampler, register
 
 Array = jax.Array
 
@@ -68,15 +71,32 @@ class NUTSConfig:
     init_jitter: float = 2.0
     warm_start: bool = True
     rewarmup: int = 50
+    rel_se: float = 0.0  # precision target |grad_se| / |grad|: continue the chains until met (0 = off)
+    abs_se: float = 0.0  # absolute target on |grad_se| (0 = off)
+    max_draws: int = 1 << 18  # draw budget (all chains) for the target
+    max_seconds: float = 0.0  # time budget for the target (0 = none)
+
+    def safer(self, level: int):
+        """Retry settings: higher target_accept, longer warm-up and sampling, fresh chains."""
+        f = 2**level
+        ta = 1.0 - (1.0 - self.target_accept) / f
+        new = replace(self, target_accept=ta, num_warmup=self.num_warmup * f, num_draws=self.num_draws * f, warm_start=False)
+        return new, (f"re-initialised chains, target_accept={ta:.3g}, num_warmup={new.num_warmup}, "
+                     f"num_draws={new.num_draws}")
 
 
-@dataclass(frozen=True)
-class ReweightConfig(NUTSConfig):
-    """``sampler=reweight``: reuse the last NUTS draws with importance weights
-    p(theta, y | X_new) / p(theta, y | X_old) while the weights' effective sample size
-    stays above ``min_ess_fraction`` of the draws; run (warm-started) NUTS when it drops."""
+class NUTSState(NamedTuple):
+    """What a NUTS sampler carries between calls: the chains and whether they are adapted."""
 
-    min_ess_fraction: float = 0.3
+    chains: SamplerState
+    warm: bool
+
+
+class NUTSInfo(NamedTuple):
+    divergences: int
+    mean_accept: float
+    mean_tree_size: float
+    step_size: list
 
 
 # Schedule columns: adapt step size, collect for mass matrix, end a window, set mass at window end.
@@ -206,3 +226,49 @@ def make_nuts(logdensity: Callable, config: NUTSConfig) -> Nuts:
         return _strong(state._replace(logdensity=ld, grad=g))
 
     return Nuts(init, run, refresh, config)
+
+
+def draws_info(draws: Draws, st: SamplerState) -> NUTSInfo:
+    return NUTSInfo(int(draws.diverging.sum()), float(draws.accept.mean()), float(draws.num_steps.mean()),
+                    [float(v) for v in np.asarray(st.step_size)])
+
+
+def as_sample(draws: Draws, st: SamplerState) -> Sample:
+    c, n, p = draws.position.shape
+    return Sample(draws.position.reshape(c * n, p), None, c, None, draws_info(draws, st))
+
+
+def run_chains(nuts: Nuts, theta0, key, state: NUTSState, X, y) -> tuple[NUTSState, Sample]:
+    """Adapt (fully when cold, a short step-size re-adaptation when warm) and draw."""
+    cfg = nuts.config
+    k1, k2, k3 = jax.random.split(key, 3)
+    st = state.chains
+    if state.warm and cfg.warm_start:
+        st = nuts.refresh(st, X, y)
+        st, _ = nuts.run(k1, st, X, y, warmup_schedule(cfg.rewarmup, adapt_mass=False))
+    else:
+        if state.warm:  # cold start requested: start over from dispersed points
+            st = nuts.init(k3, theta0, X, y)
+        st, _ = nuts.run(k1, st, X, y, warmup_schedule(cfg.num_warmup))
+    st, draws = nuts.run(k2, st, X, y, sampling_schedule(cfg.num_draws))
+    return NUTSState(st, True), as_sample(draws, st)
+
+
+@register(NUTSConfig)
+def build(jm, cfg: NUTSConfig) -> Sampler:
+    """``sampler=nuts``: vmapped NUTS chains, warm-started from the previous design."""
+    nuts = make_nuts(jm.logdensity, cfg)
+    theta0 = jnp.asarray(jm.initial_point)
+
+    def init(key, X, y):
+        return NUTSState(nuts.init(key, theta0, X, y), False)
+
+    def draw(key, state, X, y):
+        return run_chains(nuts, theta0, key, state, X, y)
+
+    def extend(key, state, X, y):
+        """Continue the chains from where they stopped (no adaptation) for num_draws more."""
+        st, draws = nuts.run(key, state.chains, X, y, sampling_schedule(cfg.num_draws))
+        return NUTSState(st, True), as_sample(draws, st)
+
+    return Sampler("nuts", init, draw, extend)

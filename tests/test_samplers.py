@@ -1,0 +1,115 @@
+"""The sampler interface: a new sampler is one module (here: this file) registering a
+builder for its config type; NUTS continues its chains to a precision target."""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import assert_within_se
+from conjugate import build, closed_form
+from placement.api import Problem, gradient
+from placement.engine import Engine
+from placement.errors import PlacementError
+from placement.estimator import Sample
+from placement.model import from_pymc
+from placement.nuts import NUTSConfig
+from placement.samplers import Sampler, register
+
+
+@pytest.fixture(scope="module")
+def conj():
+    jm = from_pymc(build(), "f")
+    F, g = closed_form(jm.X, jm.y)
+    return Problem("conjugate", jm), F, g
+
+
+@dataclass(frozen=True)
+class WideGaussianConfig:
+    """A deliberately plain sampler: independent draws from N(0, scale^2 I), self-normalised."""
+
+    num_samples: int = 80000
+    scale: float = 2.0
+
+
+class WideState(NamedTuple):
+    calls: int
+
+
+@register(WideGaussianConfig)
+def _build_wide(jm, cfg):
+    p = jm.ndim
+
+    @jax.jit
+    def draws(key):
+        theta = cfg.scale * jax.random.normal(key, (cfg.num_samples, p))
+        log_q = jnp.sum(jax.scipy.stats.norm.logpdf(theta, scale=cfg.scale), axis=1)
+        return theta, log_q
+
+    def init(key, X, y):
+        return WideState(0)
+
+    def draw(key, state, X, y):
+        theta, log_q = draws(key)
+        return WideState(state.calls + 1), Sample(np.asarray(theta), np.asarray(log_q), None, None, {"calls": state.calls})
+
+    return Sampler("wide_gaussian", init, draw)
+
+
+def test_a_registered_sampler_runs_through_the_engine_and_is_right(conj):
+    problem, F, g = conj
+    est = gradient(problem, WideGaussianConfig(), seed=0)
+    assert est.diagnostics["sampler"] == "wide_gaussian"
+    assert est.diagnostics["calls"] == 0 and est.diagnostics["num_draws"] == 80000
+    assert est.F == pytest.approx(F, abs=4 * est.F_se + 1e-9)
+    assert_within_se(est.grad, est.grad_se, g, se_cap=0.15)
+
+
+def test_an_unregistered_config_is_refused_with_the_known_ones(conj):
+    problem, _, _ = conj
+
+    @dataclass(frozen=True)
+    class Nobody:
+        x: int = 1
+
+    with pytest.raises(PlacementError, match="unknown sampler configuration Nobody.*placement.importance.ISConfig"):
+        Engine(problem.jm, Nobody())
+
+
+def test_nuts_continues_its_chains_until_the_precision_target(conj):
+    """rel_se=0.06 from 4 x 250 draws needs several extensions; the chains keep going (one
+    series each), the target is met, and the answer is right within its SE."""
+    problem, F, g = conj
+    cfg = NUTSConfig(num_chains=4, num_warmup=300, num_draws=250, rel_se=0.06)
+    est = gradient(problem, cfg, seed=1)
+    d = est.diagnostics
+    assert d["target_met"] and d["rel_se"] <= 0.06
+    assert d["num_draws"] > 1000 and d["num_draws"] % 1000 == 0
+    assert d["rhat_max"] < 1.01
+    assert_within_se(est.grad, est.grad_se, g, se_cap=0.08)
+    # and a budget that cannot reach the target says so
+    short = gradient(problem, NUTSConfig(num_chains=4, num_warmup=300, num_draws=250, rel_se=0.01, max_draws=2000), seed=1)
+    assert not short.diagnostics["target_met"] and short.diagnostics["num_draws"] == 2000
+    assert "precision target missed" in short.diagnostics["target_note"]
+
+
+def test_merge_keeps_each_chain_one_series():
+    """Extending MCMC draws joins chain by chain (chain-major), independent draws end to end."""
+    from placement.engine import merge
+
+    c, n1, n2 = 3, 4, 2
+    code = lambda chain, start, n: chain * 100 + start + np.arange(n)  # noqa: E731  (chain, position in chain)
+    a = np.concatenate([code(k, 0, n1) for k in range(c)])
+    b = np.concatenate([code(k, n1, n2) for k in range(c)])
+    sa = Sample(a[:, None].astype(float), None, c, None, {"divergences": 1})
+    sb = Sample(b[:, None].astype(float), None, c, None, {"divergences": 2})
+    joined, ev = merge(sa, (a, a), sb, (b, b))
+    want = np.concatenate([code(k, 0, n1 + n2) for k in range(c)])
+    np.testing.assert_array_equal(joined.theta[:, 0], want)
+    np.testing.assert_array_equal(np.asarray(ev[1]), want)
+    assert joined.info["divergences"] == 3
+    flat, _ = merge(sa._replace(chains=None), (a,), sb._replace(chains=None), (b,))
+    np.testing.assert_array_equal(flat.theta[:, 0], np.concatenate([a, b]))
