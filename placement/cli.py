@@ -151,6 +151,9 @@ def _versions() -> dict:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
+    import jax
+
+    out["devices"] = ", ".join(f"{d.platform}:{d.id}" for d in jax.devices())
     return out
 
 

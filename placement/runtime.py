@@ -51,9 +51,19 @@ from pathlib import Path
 # environment, before JAX is imported
 
 
+def _accelerator_plugin_installed() -> bool:
+    """A JAX GPU/TPU plugin is installed (e.g. by `pip install -e '.[cuda]'`): let JAX pick
+    the accelerator (it falls back to the CPU when none is present)."""
+    import importlib.util
+
+    names = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+    return any(importlib.util.find_spec(n) is not None for n in names)
+
+
 def configure_process() -> None:
     """Environment for JAX/XLA and warning filters; call before importing JAX."""
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing on CPU machines
+    if not _accelerator_plugin_installed():
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing on CPU-only installs
     # XLA C++ INFO and WARNING lines (e.g. "Assume version compatibility" on every cache hit);
     # ERROR lines still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -33,3 +33,22 @@ def test_large_vmapped_batch_of_the_seed_model_finishes():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_cpu_is_forced_only_without_an_accelerator_plugin(tmp_path):
+    """With a JAX GPU plugin importable the package leaves JAX_PLATFORMS to JAX; without one
+    it sets cpu (a user's own setting always wins)."""
+    code = "import os, placement.runtime as r; r.configure_process(); print(os.environ.get('JAX_PLATFORMS'))"
+    (tmp_path / "jax_cuda12_plugin").mkdir()
+    (tmp_path / "jax_cuda12_plugin" / "__init__.py").write_text("")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "JAX_PLATFORMS"}
+
+    def run(extra_path, **more):
+        e = dict(env, **more)
+        if extra_path:
+            e["PYTHONPATH"] = str(tmp_path)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=60).stdout.strip()
+
+    assert run(False) == "cpu"
+    assert run(True) == "None"
+    assert run(True, JAX_PLATFORMS="cuda") == "cuda"
