@@ -61,16 +61,47 @@ class GradientEstimate(NamedTuple):
 
 
 def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
-    """Jitted ``terms(thetas[N, p], X, y) -> (logp[N], f[N], df[N, *X], s[N, *X])``."""
+    """Jitted ``terms(thetas[N, p], X, y) -> (logp[N], f[N], df[N, *X], s[N, *X])``.
+
+    With several local devices (GPUs, or CPU devices from
+    ``--xla_force_host_platform_device_count``) the draw axis is sharded over all of them
+    (``jax.shard_map``; draws are padded to a multiple of the device count and the padding
+    dropped); each device runs its share in batches of ``batch_size``. Every draw's terms
+    are computed by the same function either way, so sharded and unsharded results agree.
+    """
 
     def one(theta, X, y):
         logp, s = jax.value_and_grad(jm.logdensity, argnums=1)(theta, X, y)
         f, df = jax.value_and_grad(jm.objective, argnums=1)(theta, X, y)
         return logp, f, df, s
 
-    @jax.jit
-    def terms(thetas, X, y):
+    def local(thetas, X, y):
         return jax.lax.map(lambda t: one(t, X, y), thetas, batch_size=batch_size)
+
+    devices = jax.devices()
+    if len(devices) == 1:
+        return jax.jit(local)
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    mesh = Mesh(np.asarray(devices), ("draws",))
+
+    def per_device(thetas, X, y):
+        # X and y are the same on every device; mark them device-varying so that the
+        # X-derivatives stay per draw (the cotangent of a device-invariant input would be
+        # summed over the devices)
+        return local(thetas, jax.lax.pvary(X, "draws"), jax.lax.pvary(y, "draws"))
+
+    sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("draws"), P(), P()), out_specs=P("draws")))
+    D = len(devices)
+
+    def terms(thetas, X, y):
+        thetas = jnp.asarray(thetas)
+        N = thetas.shape[0]
+        pad = (-N) % D
+        if pad:  # repeat the first draw; its copies are dropped below
+            thetas = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
+        out = sharded(thetas, X, y)
+        return tuple(o[:N] for o in out) if pad else out
 
     return terms
 

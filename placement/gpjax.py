@@ -74,3 +74,20 @@ def mvn_logpdf(x, mean, cov):
     L = jnp.linalg.cholesky(cov)
     z = jax.scipy.linalg.solve_triangular(L, x - mean, lower=True)
     return -0.5 * jnp.sum(z * z) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * x.shape[0] * jnp.log(2 * jnp.pi)
+
+
+def quad_form(Kinv, Kb):
+    """Kb^T Kinv Kb for symmetric Kinv (n, n) and Kb (n, k) with one n x n x k product in
+    the forward pass and none in the reverse one: V = Kinv Kb is held constant and the
+    symmetric form Kb^T V + V^T Kb - Kb^T V has the right value and derivative
+    (d = dKb^T V + V^T dKb since Kinv is symmetric)."""
+    V = jax.lax.stop_gradient(Kinv @ Kb)
+    S = Kb.T @ V
+    return S + S.T - jax.lax.stop_gradient(S)
+
+
+def chol_inverse(K):
+    """(L, K^-1) for a symmetric positive definite K."""
+    L = jnp.linalg.cholesky(K)
+    Kinv = jax.scipy.linalg.cho_solve((L, True), jnp.eye(K.shape[0], dtype=K.dtype))
+    return L, 0.5 * (Kinv + Kinv.T)

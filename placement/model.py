@@ -20,7 +20,11 @@ import pymc as pm
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
-from pymc.sampling.jax import get_jaxified_graph
+
+from placement.runtime import keep_xla_flags
+
+with keep_xla_flags():  # importing pymc.sampling.jax rewrites XLA_FLAGS to fake 100 CPU devices
+    from pymc.sampling.jax import get_jaxified_graph
 
 from placement import rewrites
 from placement.errors import PlacementError

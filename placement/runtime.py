@@ -38,6 +38,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
+import contextlib
 import os
 import platform
 import re
@@ -49,6 +50,21 @@ from pathlib import Path
 
 # ---------------------------------------------------------------------------------------------
 # environment, before JAX is imported
+
+
+@contextlib.contextmanager
+def keep_xla_flags():
+    """Undo changes to XLA_FLAGS made inside the block. pymc.sampling.jax prepends
+    --xla_force_host_platform_device_count=100 on import (for its chain_method="parallel"),
+    which would split every sharded computation here over 100 fake CPU devices."""
+    before = os.environ.get("XLA_FLAGS")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = before
 
 
 def _accelerator_plugin_installed() -> bool:
