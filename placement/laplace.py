@@ -35,8 +35,11 @@ class MAPInfo(NamedTuple):
 
 
 def make_laplace(logdensity: Callable, num_starts: int = 4, num_steps: int = 200, jitter: float = 1.5):
-    """Build ``fit(key, theta0, X, y) -> Laplace`` (jitted once, X and y runtime)."""
+    """Build ``fit(key, theta0, X, y) -> Laplace`` (jitted once, X and y runtime). Each start
+    runs L-BFGS until the gradient norm is at most 1e-9 (1 + |log p|) (or an iterate is not
+    finite), at most ``num_steps`` steps."""
     opt = optax.lbfgs()
+    tol = 1e-9
 
     def one_start(theta0, X, y):
         def loss(t):
@@ -44,14 +47,23 @@ def make_laplace(logdensity: Callable, num_starts: int = 4, num_steps: int = 200
 
         vg = optax.value_and_grad_from_state(loss)
 
-        def body(carry, _):
-            params, state = carry
+        def cond(carry):
+            i, _, _, done = carry
+            return (i < num_steps) & ~done
+
+        def body(carry):
+            i, params, state, _ = carry
             value, grad = vg(params, state=state)
             updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=loss)
             params = optax.apply_updates(params, updates)
-            return (params, state), None
+            # the line search leaves the value and gradient at the new point in the state
+            v, g = optax.tree_utils.tree_get(state, "value"), optax.tree_utils.tree_get(state, "grad")
+            gnorm = jnp.linalg.norm(g)
+            done = (gnorm <= tol * (1.0 + jnp.abs(v))) | ~jnp.isfinite(gnorm) | ~jnp.all(jnp.isfinite(params))
+            return i + 1, params, state, done
 
-        (params, _), _ = jax.lax.scan(body, (theta0, opt.init(theta0)), None, length=num_steps)
+        init = (jnp.asarray(0), theta0, opt.init(theta0), jnp.asarray(False))
+        _, params, _, _ = jax.lax.while_loop(cond, body, init)
         return params
 
     @jax.jit
