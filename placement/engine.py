@@ -19,7 +19,7 @@ import numpy as np
 
 from placement import gradcheck, precision, samplers
 from placement.errors import PlacementError
-from placement.estimator import GradientEstimate, Sample, estimate, make_terms, normalised_weights
+from placement.estimator import GradientEstimate, Sample, estimate, normalised_weights, shared_terms
 from placement.model import JaxModel
 
 # every built-in sampler registers itself on import
@@ -39,7 +39,7 @@ class Engine:
         self.check_result: gradcheck.CheckResult | None = None  # set by the first estimate
         self.sampler = samplers.build(jm, sampler_cfg)
         self.kind = self.sampler.name
-        self.terms = make_terms(jm)
+        self.terms = shared_terms(jm)
         self.vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
 
     # -- sampler state -------------------------------------------------------------
@@ -159,10 +159,10 @@ def merge(a: Sample, ev_a, b: Sample, ev_b):
         c = a.chains
         cat = lambda u, v: None if u is None else np.concatenate(  # noqa: E731
             [_chain_major(u, c), _chain_major(v, c)], axis=1).reshape(-1, *np.shape(u)[1:])
-    info = samplers.as_dict(b.info)
-    old = samplers.as_dict(a.info)
-    if "divergences" in info:
-        info["divergences"] = int(info["divergences"]) + int(old.get("divergences", 0))
-    joined = Sample(cat(a.theta, b.theta), cat(a.log_q, b.log_q), a.chains, cat(a.coarse, b.coarse), info,
+    info = samplers.as_dict(a.info)  # the first batch's (adaptation, aim); divergences add up
+    new = samplers.as_dict(b.info)
+    if "divergences" in info and "divergences" in new:
+        info["divergences"] = int(info["divergences"]) + int(new["divergences"])
+    joined = Sample(cat(a.theta, b.theta), cat(a.log_q, b.log_q), a.chains, cat(a.twos, b.twos), info,
                     cat(a.edge, b.edge))
     return joined, tuple(jnp.asarray(cat(u, v)) for u, v in zip(ev_a, ev_b))

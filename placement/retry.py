@@ -2,7 +2,8 @@
 
 ``diagnose`` is the one trust rule: it turns an estimate's diagnostics into trouble codes
 (non-finite values, divergences, r_hat, tiny ESS, heavy-tailed importance weights, a low
-weight ESS, grid-edge mass, a failed gradient self-check). ``placement gradient``,
+weight ESS, grid-edge mass, grid mass at nodes where the model is not finite, a failed
+gradient self-check). ``placement gradient``,
 ``placement run`` and the Python API all decide "trusted" by it and nothing else.
 ``robust_gradient`` calls the engine and, while there is trouble, retries from
 re-initialised sampler state with safer settings (NUTS: higher target_accept, longer
@@ -31,8 +32,8 @@ from placement.samplers import safer as safer_config
 @dataclass(frozen=True)
 class RetryConfig:
     """max_retries: safer attempts after the first; rhat_max, min_ess, max_divergences,
-    max_pareto_k: what counts as trouble; max_untrusted: consecutive untrusted steps
-    after which a run stops (0 = never)."""
+    max_pareto_k, max_edge_mass, max_nonfinite_mass: what counts as trouble; max_untrusted:
+    consecutive untrusted steps after which a run stops (0 = never)."""
 
     max_retries: int = 2
     rhat_max: float = 1.01
@@ -40,6 +41,7 @@ class RetryConfig:
     max_divergences: int = 0
     max_pareto_k: float = 0.7
     max_edge_mass: float = 1e-4
+    max_nonfinite_mass: float = 1e-4
     max_untrusted: int = 5
 
     def __post_init__(self):
@@ -91,7 +93,12 @@ def diagnose(est: GradientEstimate, cfg: RetryConfig = RetryConfig()) -> list[tu
     if check not in (None, "passed"):
         out.append(("gradient_check", check))
     if d.get("sampler") == "quadrature" and d.get("edge_mass", 0.0) > cfg.max_edge_mass:
-        out.append(("edge", f"{d['edge_mass']:.1e} of the mass sits on the grid's edge: raise sampler.reach."))
+        out.append(("edge", f"{d['edge_mass']:.1e} of the mass sits on the grid's edge: raise sampler.drop or "
+                            "sampler.max_sds (a tail the box cuts off), or use sampler=importance."))
+    if d.get("sampler") == "quadrature" and d.get("nonfinite_mass", 0.0) > cfg.max_nonfinite_mass:
+        out.append(("nonfinite", f"{d.get('nonfinite_draws', 0)} grid nodes where the model is not finite may carry up "
+                                 f"to {d['nonfinite_mass']:.1e} of the mass: check the model there, or tighten its "
+                                 "priors, or use sampler=importance."))
     return out
 
 

@@ -207,9 +207,16 @@ def hyper_logdensity(kernel, theta, X, y):
 
 
 def _hyper_score(kernel, theta, X, y):
-    """(log p, gradient, expected information + prior curvature) at theta, in closed form:
-    one Cholesky and one inverse of the n x n covariance and p products with it, instead of
-    reverse- and forward-mode passes through the Cholesky (11 s for the Hessian at n = 1000)."""
+    """(log p, gradient, observed information, expected information) at theta, the two
+    informations with the prior's curvature added, in closed form: one Cholesky and one
+    inverse of the n x n covariance and p products with it, instead of reverse- and
+    forward-mode passes through the Cholesky (11 s for the Hessian at n = 1000).
+
+    With D_p = dK/dtheta_p, alpha = K^-1 y and W = alpha alpha^T - K^-1, the log marginal
+    likelihood's gradient is tr(W D_p) / 2, the expected information F_pq = tr(K^-1 D_p
+    K^-1 D_q) / 2 and the observed one (minus the Hessian) (D_p alpha)^T K^-1 (D_q alpha)
+    - F_pq - tr(W D_pq) / 2 (the last term by forward-over-reverse differentiation of
+    tr(W K(theta)) / 2 at fixed W: n x n memory per direction)."""
     n, d = X.shape
     K = _cov(kernel, theta, X)
     L, Kinv = gpjax.chol_inverse(K)
@@ -226,9 +233,14 @@ def _hyper_score(kernel, theta, X, y):
     cross = 0.5 * s2 * jnp.einsum("pij,ji->p", P, Kinv)
     F = F.at[: d + 1, d + 1].set(cross).at[d + 1, : d + 1].set(cross)
     F = F.at[d + 1, d + 1].set(0.5 * s2**2 * jnp.sum(Kinv * Kinv))
+    Da = jnp.concatenate([jnp.einsum("ijp,j->ip", D, alpha), (s2 * alpha)[:, None]], 1)  # (n, p): D_p alpha
+    Wc = jax.lax.stop_gradient(W)
+    second = jax.hessian(lambda t: 0.5 * jnp.sum(Wc * _cov(kernel, t, X)))(theta)  # tr(W D_pq) / 2
+    obs = Da.T @ Kinv @ Da - F - second
     lp, gp_ = jax.value_and_grad(_log_prior)(theta)
-    H = F - jax.hessian(_log_prior)(theta)
-    return lml + lp, grad + gp_, 0.5 * (H + H.T)
+    Hp = jax.hessian(_log_prior)(theta)
+    sym = lambda A: 0.5 * (A + A.T)  # noqa: E731
+    return lml + lp, grad + gp_, sym(obs - Hp), sym(F - Hp)
 
 
 def _floored_inverse(H):
@@ -242,44 +254,32 @@ def _floored_inverse(H):
 def _closed_tools(kernel: str):
     """Jitted closed-form pieces for one kernel (shapes recompile on their own)."""
     from placement.kernels import KERNELS
-    from placement.laplace import make_laplace
 
     if kernel not in KERNELS:
         raise PlacementError(f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(KERNELS))}.")
     logp = functools.partial(hyper_logdensity, kernel)
-    laplace = make_laplace(logp)
     score = jax.jit(functools.partial(_hyper_score, kernel))
     batch_logp = jax.jit(lambda T, X, y: jax.lax.map(lambda t: logp(t, X, y), T, batch_size=4))
-    return laplace, score, jax.jit(logp), batch_logp
+    return score, jax.jit(logp), batch_logp
 
 
 def _initial_theta(d):
     return np.concatenate([np.full(d, np.log(ELL_MU)), [0.0, np.log(0.3)]])
 
 
-def hyper_mode(Xn, yn, kernel: str, seed: int = 0, max_iter: int = 30):
-    """(mode, covariance, log p) of the unconstrained hyperparameter posterior.
-
-    Up to SUBSET points: make_laplace on all of them (L-BFGS from four starts, exact Hessian).
-    Beyond: make_laplace on a random subset of SUBSET points, then Fisher scoring on all the
-    data (closed-form gradient and expected information, backtracking on the log density),
-    a few n^3 steps from a nearby start; the covariance is the inverse of the information
-    plus the prior's curvature at the mode."""
-    laplace, score, logp, _ = _closed_tools(kernel)
-    n, d = Xn.shape
-    key = jax.random.PRNGKey(seed)
-    X, y = jnp.asarray(Xn), jnp.asarray(yn)
-    if n <= SUBSET:
-        lap = laplace(key, jnp.asarray(_initial_theta(d)), X, y)
-        return np.asarray(lap.mode), np.asarray(lap.cov), float(lap.logp)
-    idx = np.sort(np.random.default_rng(seed).choice(n, SUBSET, replace=False))
-    lap = laplace(key, jnp.asarray(_initial_theta(d)), X[idx], jnp.asarray(yn[idx]))
-    theta = np.asarray(lap.mode)
-    lp, g, H = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
+def _newton(score, logp, theta, X, y, max_iter=30, tol=1e-8):
+    """Newton ascent on log p from theta: the observed information where it is positive
+    definite, else the expected one (Fisher scoring, always positive definite), eigenvalues
+    floored at 1/9; each step halved until log p does not fall. Stops when the Newton
+    decrement g^T H^-1 g is under tol. Returns (theta, log p, observed information)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
     for _ in range(max_iter):
-        cov = _floored_inverse(H)
-        step = cov @ g
-        if not np.all(np.isfinite(step)):
+        if not (np.isfinite(lp) and np.all(np.isfinite(g))):
+            break
+        ok = np.all(np.isfinite(H)) and np.linalg.eigvalsh(H).min() > 0
+        step = _floored_inverse(H if ok else F) @ g
+        if not np.all(np.isfinite(step)) or float(g @ step) < tol:
             break
         for _half in range(12):  # backtrack until the log density does not fall
             new = theta + step
@@ -290,9 +290,31 @@ def hyper_mode(Xn, yn, kernel: str, seed: int = 0, max_iter: int = 30):
         else:
             break
         theta = new
-        lp, g, H = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
-        if float(g @ _floored_inverse(H) @ g) < 1e-8:  # Newton decrement: converged
-            break
+        lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
+    return theta, float(lp), H
+
+
+def hyper_mode(Xn, yn, kernel: str, seed: int = 0, num_starts: int = 4, jitter: float = 1.5):
+    """(mode, covariance, log p) of the unconstrained hyperparameter posterior.
+
+    Newton's method (_newton: closed-form gradient and observed information) from four
+    starts (the default and three jittered by up to +-jitter in every coordinate, as
+    make_laplace) on up to SUBSET points; beyond that many, on a random subset of SUBSET
+    points, the best end then polished by Newton on all the data (a few n^3 steps from a
+    nearby start). The covariance is the inverse of the observed information at the mode,
+    eigenvalues floored at 1/9 (as make_laplace)."""
+    score, logp, _ = _closed_tools(kernel)
+    n, d = Xn.shape
+    rng = np.random.default_rng(seed)
+    theta0 = _initial_theta(d)
+    starts = theta0 + np.concatenate([np.zeros((1, d + 2)), rng.uniform(-jitter, jitter, (num_starts - 1, d + 2))])
+    idx = np.arange(n) if n <= SUBSET else np.sort(rng.choice(n, SUBSET, replace=False))
+    Xs, ys = jnp.asarray(Xn[idx]), jnp.asarray(yn[idx])
+    ends = [_newton(score, logp, t, Xs, ys) for t in starts]
+    lps = np.array([e[1] if np.isfinite(e[1]) else -np.inf for e in ends])
+    theta, lp, H = ends[int(np.argmax(lps))]
+    if n > SUBSET:
+        theta, lp, H = _newton(score, logp, theta, jnp.asarray(Xn), jnp.asarray(yn))
     return theta, _floored_inverse(H), float(lp)
 
 
@@ -310,7 +332,7 @@ def _importance(Xn, yn, kernel, mode, cov, seed, num):
     and starts afresh. Returns (theta (N, p), normalised weights (N,))."""
     from placement.importance import ISConfig, proposal_from_moments, proposal_logpdf, proposal_sample
 
-    _, _, _, batch_logp = _closed_tools(kernel)
+    _, _, batch_logp = _closed_tools(kernel)
     cfg = ISConfig(pilot="laplace")
     n = Xn.shape[0]
     X, y = jnp.asarray(Xn), jnp.asarray(yn)
@@ -525,24 +547,25 @@ def make_criterion(kind, kernel, Xn, yn, G, hyper, z):
 
 
 @functools.lru_cache(maxsize=32)
-def _searcher(kind: str, kernel: str, steps: int, lr: float):
-    """Jitted ``(starts (R, k, d), data) -> (batches, values)``: projected adam from each start
-    (``steps`` may be 0: the value at the starts). Compiled once per (criterion, kernel,
-    steps, lr) and shapes; data are runtime inputs."""
+def _searcher(kind: str, kernel: str, lr: float):
+    """Jitted ``(starts (R, k, d), data, steps) -> (batches, values)``: projected adam from
+    each start for ``steps`` steps (a runtime value, so may be 0: the value at the starts).
+    Compiled once per (criterion, kernel, lr) and shapes; data and steps are runtime inputs,
+    so every phase of the search shares one compilation."""
     opt = optax.adam(lr)
     fn = functools.partial(_CRITERIA[kind], kernel)
 
-    def run(B0, data):
-        def body(carry, _):
+    def run(B0, data, steps):
+        def body(_, carry):
             B, st = carry
-            v, g = jax.value_and_grad(fn)(B, data)
+            g = jax.grad(fn)(B, data)
             upd, st = opt.update(g, st, B)
-            return (jnp.clip(optax.apply_updates(B, upd), 0.0, 1.0), st), v
+            return jnp.clip(optax.apply_updates(B, upd), 0.0, 1.0), st
 
-        (B, _), _ = jax.lax.scan(body, (B0, opt.init(B0)), None, length=steps)
+        B, _ = jax.lax.fori_loop(0, steps, body, (B0, opt.init(B0)))
         return B, fn(B, data)
 
-    return jax.jit(jax.vmap(run, in_axes=(0, None)))
+    return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
 
 
 def search(kind, kernel, data: CritData, k: int, d: int, restarts: int, steps: int, lr: float, seed: int):
@@ -550,21 +573,32 @@ def search(kind, kernel, data: CritData, k: int, d: int, restarts: int, steps: i
 
     Successive halving: every start runs the first quarter of the steps, the best quarter of
     the starts (at least one) run the rest with a fresh adam state, so the search costs about
-    (restarts + 3 keep) / 4 full runs instead of ``restarts``."""
+    (restarts + 3 keep) / 4 full runs instead of ``restarts``. The starts go through in
+    groups of ``keep`` (the last group padded by repeating its first start), so both phases
+    run one compiled function."""
     from scipy.stats import qmc
 
     restarts, steps = max(int(restarts), 1), int(steps)
     starts = qmc.Sobol(d=k * d, scramble=True, seed=seed).random(restarts).reshape(-1, k, d)
     keep = max(1, restarts // 4)
     first = steps // 4 if keep < restarts else steps
-    Bs, vals = _searcher(kind, kernel, first, float(lr))(jnp.asarray(starts), data)
-    vals = np.where(np.isfinite(np.asarray(vals)), np.asarray(vals), np.inf)
+    run = _searcher(kind, kernel, float(lr))
+    groups = -(-restarts // keep)
+    pad = np.concatenate([np.arange(restarts), np.full(groups * keep - restarts, (groups - 1) * keep)])
+    Bs, vals = [], []
+    for i in range(groups):
+        B, v = run(jnp.asarray(starts[pad[i * keep:(i + 1) * keep]]), data, first)
+        Bs.append(np.asarray(B))
+        vals.append(np.asarray(v))
+    Bs, vals = np.concatenate(Bs)[:restarts], np.concatenate(vals)[:restarts]
+    vals = np.where(np.isfinite(vals), vals, np.inf)
     if first < steps:
         best = np.argsort(vals, kind="stable")[:keep]
-        Bs, vals = _searcher(kind, kernel, steps - first, float(lr))(Bs[best], data)
-        vals = np.where(np.isfinite(np.asarray(vals)), np.asarray(vals), np.inf)
+        Bs, vals = run(jnp.asarray(Bs[best]), data, steps - first)
+        Bs, vals = np.asarray(Bs), np.asarray(vals)
+        vals = np.where(np.isfinite(vals), vals, np.inf)
     best = int(np.argmin(vals))
-    return np.asarray(Bs[best]), float(vals[best])
+    return Bs[best], float(vals[best])
 
 
 def grid_points(d: int, num: int, seed: int = 0):

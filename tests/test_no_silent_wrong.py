@@ -25,7 +25,7 @@ POOR = {
                                   scales=(1.0,), mix=(1.0,), df=30.0),
     "nuts_short": NUTSConfig(num_chains=2, num_warmup=15, num_draws=25),
     "reweight_short": ReweightConfig(num_chains=2, num_warmup=15, num_draws=25),
-    "quadrature_narrow": QuadConfig(points=7, reach=0.6),
+    "quadrature_narrow": QuadConfig(points=9, drop=1.0, offsets=0.0),  # a box ~1.4 sds wide
 }
 ADVICE = ("raise", "use sampler", "tighten", "placement.kernels")
 

@@ -16,22 +16,15 @@ identical XLA programs come from one module-wide compile cache; every setting is
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
-import logging
 import math
-import os
-import signal
-import sys
-import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
+
+from inprocess import Result, assert_clear_error, assert_ok, placement  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -48,74 +41,6 @@ def _cli_environment(tmp_path_factory):
         mp.setenv("PLACEMENT_RAW_STDERR", "1")
         mp.syspath_prepend(str(HERE))
         yield
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def show(self) -> str:
-        return f"exit {self.code}\n--- stdout ---\n{self.out[-3000:]}\n--- stderr ---\n{self.err[-4000:]}"
-
-
-def placement(*args: str) -> Result:
-    """``placement ARGS`` in this process: exit code, stdout and stderr. Restores what the CLI
-    changes globally (sys.argv, the SIGTERM handler, Hydra's logging handlers, GlobalHydra)."""
-    import placement.cli as cli
-    from hydra.core.global_hydra import GlobalHydra
-
-    out, err = io.StringIO(), io.StringIO()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    argv, sigterm = sys.argv[:], signal.getsignal(signal.SIGTERM)
-    GlobalHydra.instance().clear()
-    code = None
-    try:
-        # Hydra configures logging with dictConfig, which calls logging.shutdown() on every
-        # existing handler - pytest's own capture handlers included (then "I/O operation on
-        # closed file" in every later test of the worker). Handlers the CLI adds are closed below.
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-                mock.patch.object(logging, "shutdown", lambda *a, **k: None):
-            try:
-                code = cli.main(list(args))
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-                if isinstance(e.code, str):
-                    print(e.code, file=sys.stderr)
-            except Exception:  # noqa: BLE001 - an escaped exception is a broken path: report it
-                code = 1
-                traceback.print_exc(file=sys.stderr)
-    finally:
-        sys.argv[:] = argv
-        signal.signal(signal.SIGTERM, sigterm)
-        for h in root.handlers:
-            if h not in handlers:
-                with contextlib.suppress(Exception):
-                    h.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        GlobalHydra.instance().clear()
-    if code == 143:  # the CLI's handler caught a SIGTERM meant for this process: deliver it as intended
-        os.kill(os.getpid(), signal.SIGTERM)
-    return Result(int(code or 0), out.getvalue(), err.getvalue())
-
-
-def assert_ok(r: Result) -> None:
-    assert r.code == 0, r.show()
-    assert "Traceback" not in r.out + r.err, r.show()
-    assert "Error executing job" not in r.err, r.show()
-
-
-def assert_clear_error(r: Result, *needles: str) -> None:
-    """Exit 2, one ``error:`` line that says what happened, no traceback."""
-    assert r.code == 2, r.show()
-    assert "Traceback" not in r.out + r.err, r.show()
-    errors = [line for line in r.err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, r.show()
-    for n in needles:
-        assert n in errors[0], r.show()
 
 
 # -- the matrix ------------------------------------------------------------------------------
@@ -451,6 +376,8 @@ def test_multirun_then_summarize(tmp_path):
     for row in rows:
         assert finite(row["F"]) and finite(row["F_se"]) and row["steps"] == 2 and row["stop"] == "steps"
     check_png(sweep / "summary.png")
+    r = placement("summarize", str(tmp_path / "nothing_here"))
+    assert_clear_error(r, "not a folder")
 
 
 def test_gradient_multirun(tmp_path):
@@ -475,7 +402,7 @@ def test_help_and_resolved_config(args):
 RESUME = ["seed=5", *SAMPLERS["importance_run"], *RETRY, "plots=false"]
 
 
-def test_resume_continues_and_refuses_a_changed_config_or_a_corrupt_checkpoint(tmp_path):
+def test_resume_continues_and_refuses_a_changed_config_a_fresh_start_or_a_corrupt_checkpoint(tmp_path):
     out = tmp_path / "out"
     r = placement("run", f"hydra.run.dir={out}", "steps=2", *RESUME)
     assert_ok(r)
@@ -496,6 +423,10 @@ def test_resume_continues_and_refuses_a_changed_config_or_a_corrupt_checkpoint(t
         assert_clear_error(r, "different configuration")
         after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".log"}
         assert after == before
+    # a new run into the same folder without resume=true is refused, and the files are left alone
+    r = placement("run", f"hydra.run.dir={out}", "steps=4", *RESUME)
+    assert_clear_error(r, "resume=true")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.suffix != ".log"} == before
     # garbage in checkpoint.pkl (bytes that load_checkpoint recognises today; see CORRUPT): one clear error
     (out / "checkpoint.pkl").write_bytes(CORRUPT["random_256"])
     r = placement("run", f"hydra.run.dir={out}", "steps=4", "resume=true", *RESUME)

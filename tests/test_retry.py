@@ -31,6 +31,9 @@ def test_diagnose_names_each_kind_of_trouble():
     assert codes == ["rhat", "divergences", "ess"]
     assert [c for c, _ in diagnose(_est(sampler="importance", pareto_k=0.9), cfg)] == ["pareto_k"]
     assert [c for c, _ in diagnose(_est(sampler="quadrature", edge_mass=1e-2), cfg)] == ["edge"]
+    assert [c for c, _ in diagnose(_est(sampler="quadrature", edge_mass=1e-9, nonfinite_draws=40,
+                                        nonfinite_mass=1e-2), cfg)] == ["nonfinite"]
+    assert diagnose(_est(sampler="quadrature", edge_mass=1e-9, nonfinite_draws=2, nonfinite_mass=1e-7), cfg) == []
     nan = GradientEstimate(float("nan"), np.zeros(3), 0.1, np.ones(3), {"sampler": "importance"})
     assert [c for c, _ in diagnose(nan, cfg)] == ["nan"]
     # thresholds come from the config
@@ -89,8 +92,8 @@ def test_safer_settings_escalate():
     assert (one.target_accept, one.num_warmup, one.num_draws, one.warm_start) == pytest.approx((0.9, 200, 400, False))
     assert (two.target_accept, two.num_warmup, two.num_draws) == pytest.approx((0.95, 400, 800))
     assert "re-initialised chains" in what
-    isc, _ = safer_config(ISConfig(num_samples=1000, adapt_iters=2, pilot_iters=3), 1)
-    assert (isc.num_samples, isc.adapt_iters, isc.pilot_iters) == (2000, 4, 6)
+    isc, _ = safer_config(ISConfig(num_samples=1024, adapt_iters=2, pilot_iters=3), 1)
+    assert (isc.num_samples, isc.adapt_iters, isc.pilot_iters) == (2048, 4, 6)
 
 
 @pytest.mark.parametrize("kind", ["nuts", "importance"])

@@ -18,7 +18,7 @@ CODE = textwrap.dedent(
     from placement.importance import ISConfig
     from placement.model import from_pymc
     jm = from_pymc(build(), "f")
-    est = gradient(Problem("conjugate", jm), ISConfig(num_samples=4099, adapt_samples=1024, rel_se=0.0), seed=3)
+    est = gradient(Problem("conjugate", jm), ISConfig(num_samples=4099, adapt_samples=1024, rel_se=0.0, qmc=False), seed=3)
     print("RESULT", json.dumps({"devices": len(jax.devices()), "F": est.F, "grad": est.grad.tolist(),
                                 "se": est.grad_se.tolist()}))
     """
