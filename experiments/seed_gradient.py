@@ -57,12 +57,18 @@ def methods():
     def is_adapt(c):
         return c.pilot_iters * c.adapt_samples + c.adapt_iters * c.adapt_samples
 
+    old = dict(aim=False, qmc=False, adapt_samples=4096, adapt_iters=2)  # the sampler before issue 10
     out = {}
     for label, cfg in [
-        ("importance, default (rel_se 0.02)", ISConfig()),
-        ("importance, 16,384 draws (no target)", ISConfig(rel_se=0.0)),
-        ("importance, 262,144 draws (no target)", ISConfig(rel_se=0.0, num_samples=262144)),
+        ("importance, default (aim + RQMC, rel_se 0.02)", ISConfig(rel_se=0.02)),
+        ("importance, aim + RQMC, 16,384 draws", ISConfig(rel_se=0.0)),
+        ("importance, aim + RQMC, 8,192 draws", ISConfig(rel_se=0.0, num_samples=8192)),
+        ("importance, aim + plain MC, 16,384 draws", ISConfig(rel_se=0.0, qmc=False)),
+        ("importance, RQMC without aim, 16,384 draws", ISConfig(rel_se=0.0, aim=False)),
+        ("importance, previous default (16,384 draws)", ISConfig(rel_se=0.0, **old)),
+        ("importance, previous sampler, 262,144 draws", ISConfig(rel_se=0.0, num_samples=262144, **old)),
     ]:
+        # the aim's draws carry the identity's terms: they count as terms evaluations
         out[label] = (cfg, lambda est, c=cfg: is_adapt(c))
     out["quadrature (default grid)"] = (QuadConfig(), lambda est: 0)
     out["nuts, 4 chains x 1000"] = (NUTSConfig(), lambda est: est.diagnostics["mean_tree_size"] * 4 * 1500)
@@ -88,7 +94,8 @@ def run_method(jm, label, cfg, logp_evals, seeds, F_true, g_true):
                          rel_se=float(np.linalg.norm(se) / np.linalg.norm(g)), F_err=abs(est.F - F_true),
                          within2=float(np.mean(err <= 2 * se)), within4=float(np.mean(err <= 4 * se)),
                          max_z=float(np.max(err / np.where(se > 0, se, np.nan))) if np.any(se > 0) else float("nan"),
-                         terms=int(est.diagnostics["num_draws"]), logp_only=float(logp_evals(est)),
+                         terms=int(est.diagnostics["num_draws"]) + int(est.diagnostics.get("aim_draws", 0)),
+                         logp_only=float(logp_evals(est)),
                          trusted=bool(est.diagnostics.get("trusted", True))))
         print(json.dumps(rows[-1]), flush=True)
     return rows

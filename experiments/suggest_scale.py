@@ -11,6 +11,8 @@ maximum resident set size. The child also reports the time of each phase.
 
     python experiments/suggest_scale.py                  # n in 50 200 400 1000, both samplers
     python experiments/suggest_scale.py --n 200 1000 --samplers map bayes
+    PYTHONPATH=/tmp/old python experiments/suggest_scale.py --n 200 1000 --out /tmp/old_scale  # an older checkout
+    python experiments/suggest_scale.py --n 200 1000 --before /tmp/old_scale.json --before-label "commit abc"
 Writes experiments/results/suggest_scale.{md,json}.
 """
 
@@ -40,6 +42,8 @@ def data(n, d, seed=0):
 def child(n, d, k, sampler):
     t0 = time.perf_counter()
     import placement  # noqa: F401
+    import jax
+
     from placement import suggest as S
 
     t_import = time.perf_counter() - t0
@@ -48,22 +52,27 @@ def child(n, d, k, sampler):
     def timed(name, fn):
         def wrapper(*a, **kw):
             t = time.perf_counter()
-            out = fn(*a, **kw)
+            out = jax.block_until_ready(fn(*a, **kw))  # JAX dispatches asynchronously
             phases[name] = phases.get(name, 0.0) + time.perf_counter() - t
             return out
         return wrapper
 
     S.hyper_draws = timed("hyperparameters", S.hyper_draws)
+    S.hyper_mode = timed("mode", S.hyper_mode)  # parts of hyperparameters
+    S._importance = timed("importance", S._importance)
     S.crit_data = timed("factorise", S.crit_data)
     S.search = timed("search", S.search)
     S.mixture_predictive = timed("predictive", S.mixture_predictive)
+    if hasattr(S, "batch_mixture"):
+        S.batch_mixture = timed("predictive", S.batch_mixture)
     X, y = data(n, d)
+    load0 = os.getloadavg()[0]
     t, c = time.perf_counter(), time.process_time()
     pts, info = S.suggest_arrays(X, y, None, S.SuggestConfig(k=k, sampler=sampler))
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB -> GiB
     print(json.dumps({"n": n, "d": d, "k": k, "sampler": sampler, "wall_s": wall, "cpu_s": cpu, "import_s": t_import,
-                      "peak_gb": peak, "phases": phases, "hyper_ess": info["hyper_ess"],
+                      "peak_gb": peak, "phases": phases, "load_1min": [load0, os.getloadavg()[0]], "hyper_ess": info["hyper_ess"],
                       "before": info["before"], "after": info["after"]}))
 
 
@@ -75,6 +84,8 @@ def main():
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--child", nargs=4)
     ap.add_argument("--out", default=str(HERE / "results" / "suggest_scale"))
+    ap.add_argument("--before", help="a JSON this script wrote for an earlier version, shown as a second table")
+    ap.add_argument("--before-label", default="earlier version")
     a = ap.parse_args()
     if a.child:
         n, d, k, s = a.child
@@ -100,22 +111,37 @@ def main():
 
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "xla_flags": env["XLA_FLAGS"], "omp_num_threads": env["OMP_NUM_THREADS"]}
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    before = json.loads(Path(a.before).read_text()) if a.before else None
+    if before:
+        before["label"] = a.before_label
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows, "before": before}, indent=1))
     lines = ["# placement suggest: wall time and peak memory against n", "",
              f"d = {a.d}, k = {a.k}, default criterion and search; fresh process per row (compile included, "
-             f"imports excluded and listed; CPU s is the process's CPU time over the same span, the fairer figure on a shared machine); XLA single-threaded ({env['XLA_FLAGS']}), {os.cpu_count()} cores.", "",
-             "| n | sampler | wall s | CPU s | import s | peak GB | hyper s | factorise s | search s | hyper ESS |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"imports excluded and listed; CPU s is the process's CPU time over the same span, the fairer figure on a shared machine; "
+             f"phases are timed with their results ready, JAX dispatching asynchronously); XLA single-threaded "
+             f"({env['XLA_FLAGS']}), {os.cpu_count()} cores; load is the machine's 1-minute load average "
+             f"(other work on the same 2 cores).", ""]
+    lines += table(rows)
+    if before:
+        lines += ["", f"## Before: {a.before_label}", "", "Same script, same machine, run just before the rows above.", ""]
+        lines += table(before["rows"])
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def table(rows):
+    lines = ["| n | sampler | wall s | CPU s | import s | peak GB | hyper s (mode + importance) | factorise s | search s | "
+             "predictive s | hyper ESS | load (start, end) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']} | {r['sampler']} | failed | | | | | | | |")
+            lines.append(f"| {r['n']} | {r['sampler']} | failed | | | | | | | | | |")
             continue
         p = r["phases"]
         lines.append(f"| {r['n']} | {r['sampler']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['import_s']:.1f} | {r['peak_gb']:.2f} | "
-                     f"{p.get('hyperparameters', 0):.1f} | {p.get('factorise', 0):.1f} | {p.get('search', 0):.1f} | "
-                     f"{r['hyper_ess']:.0f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-
+                     f"{p.get('hyperparameters', 0):.1f} ({p.get('mode', 0):.1f} + {p.get('importance', 0):.1f}) | "
+                     f"{p.get('factorise', 0):.1f} | {p.get('search', 0):.1f} | {p.get('predictive', 0):.1f} | "
+                     f"{r['hyper_ess']:.0f} | {r.get('load_1min', [0, 0])[0]:.1f}, {r.get('load_1min', [0, 0])[1]:.1f} |")
+    return lines
 
 if __name__ == "__main__":
     main()

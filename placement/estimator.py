@@ -105,7 +105,7 @@ def _chunked(fn: Callable) -> Callable:
 def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
     """Jitted ``terms(thetas[N, p], X, y) -> (logp[N], f[N], df[N, *X], s[N, *X])``.
 
-    With several local devices (GPUs, or CPU devices from
+    With several devices in this process (GPUs, or CPU devices from
     ``--xla_force_host_platform_device_count``) the draw axis is sharded over all of them
     (``jax.shard_map``; draws are padded to a multiple of the device count and the padding
     dropped); each device runs its share in batches of ``batch_size``. Every draw's terms
@@ -120,7 +120,7 @@ def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
     def local(thetas, X, y):
         return jax.lax.map(lambda t: one(t, X, y), thetas, batch_size=batch_size)
 
-    devices = jax.devices()
+    devices = jax.local_devices()  # one process's devices (multi-host: see README "Scale")
     if len(devices) == 1:
         return jax.jit(local)
     from jax.sharding import Mesh, PartitionSpec as P

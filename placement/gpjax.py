@@ -91,3 +91,22 @@ def chol_inverse(K):
     L = jnp.linalg.cholesky(K)
     Kinv = jax.scipy.linalg.cho_solve((L, True), jnp.eye(K.shape[0], dtype=K.dtype))
     return L, 0.5 * (Kinv + Kinv.T)
+
+
+@jax.custom_vjp
+def transposed_product(A, At, Kb):
+    """A^T Kb for A (n, g), given At = A^T stored as well (data, not differentiated): the
+    forward product is At @ Kb and the reverse one A @ dQ, both in their operands' stored
+    layout (XLA on CPU runs a product with a transposed operand about 4x slower)."""
+    return At @ Kb
+
+
+def _tp_fwd(A, At, Kb):
+    return At @ Kb, A
+
+
+def _tp_bwd(A, dQ):
+    return None, None, A @ dQ
+
+
+transposed_product.defvjp(_tp_fwd, _tp_bwd)

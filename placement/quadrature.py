@@ -130,7 +130,7 @@ def line_layout(mode: np.ndarray, B: np.ndarray, cfg: QuadConfig) -> tuple[np.nd
     p = mode.shape[0]
     d = np.sinh(np.linspace(0.0, np.arcsinh(cfg.max_sds), int(cfg.line_points) + 1)[1:])
     offs = [0.0] if cfg.offsets <= 0 else [-cfg.offsets, 0.0, cfg.offsets]
-    lines = np.asarray(list(itertools.product(offs, repeat=p - 1))).reshape(-1, p - 1)
+    lines = np.asarray(list(itertools.product(offs, repeat=p - 1)), dtype=np.float64).reshape(-1, p - 1) if p > 1 else np.zeros((1, 0))
     pts = np.empty((p, 2, len(lines), d.size, p))
     for k in range(p):
         others = [i for i in range(p) if i != k]

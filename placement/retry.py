@@ -89,6 +89,9 @@ def diagnose(est: GradientEstimate, cfg: RetryConfig = RetryConfig()) -> list[tu
         if frac < d.get("min_ess_fraction", 0.0):
             out.append(("weight_ess", f"weight ESS is {100 * frac:.1f}% of the draws (< {100 * d['min_ess_fraction']:.0f}%): "
                                       "raise sampler.adapt_iters or sampler.pilot_iters."))
+        elif d["ess_weights"] < cfg.min_ess:  # too few effective draws for any standard error to be trusted
+            out.append(("weight_ess", f"weight ESS is {d['ess_weights']:.0f} (< {cfg.min_ess:.0f}): raise "
+                                      "sampler.num_samples (and sampler.adapt_samples)."))
     check = d.get("gradient_check")
     if check not in (None, "passed"):
         out.append(("gradient_check", check))

@@ -4,8 +4,8 @@
    standardise y.
 2. Hyperparameter posterior of a GP (PyMC model, kernel from the config; its log density
    in closed form, tested against the PyMC export) by Laplace-centred importance
-   sampling; M draws resampled by weight. Above 200 points the mode is found on a subset
-   and polished by Fisher scoring on all the data.
+   sampling; M draws resampled by weight. The mode by Newton's method with the closed-form
+   observed information; above 200 points on a subset first, then polished on all the data.
 3. Criterion of a candidate batch B, differentiable in B:
    expected_total_variance (default): domain-averaged variance of the mixture predictive
    after adding B, *including* Var over hyperparameters of E[f | theta], with the
@@ -257,10 +257,21 @@ def _closed_tools(kernel: str):
 
     if kernel not in KERNELS:
         raise PlacementError(f"unknown kernel {kernel!r}; choose one of {', '.join(sorted(KERNELS))}.")
+    from placement.importance import ISConfig, proposal_logpdf, proposal_sample
+
     logp = functools.partial(hyper_logdensity, kernel)
     score = jax.jit(functools.partial(_hyper_score, kernel))
-    batch_logp = jax.jit(lambda T, X, y: jax.lax.map(lambda t: logp(t, X, y), T, batch_size=4))
-    return score, jax.jit(logp), batch_logp
+    cfg = ISConfig(pilot="laplace")
+
+    @functools.partial(jax.jit, static_argnames=("num",))
+    def is_round(key, prop, X, y, num):
+        """One round of importance draws: (next key, num draws, their log weights)."""
+        key, sub = jax.random.split(key)
+        th = proposal_sample(sub, prop, num, cfg)
+        lw = jax.lax.map(lambda t: logp(t, X, y), th, batch_size=4) - proposal_logpdf(prop, th, cfg)
+        return key, th, lw
+
+    return score, jax.jit(logp), is_round
 
 
 def _initial_theta(d):
@@ -326,26 +337,26 @@ def _constrain(theta):
 def _importance(Xn, yn, kernel, mode, cov, seed, num):
     """Self-normalised importance sampling of the hyperparameter posterior with a
     Laplace-centred heavy-tailed proposal (importance.ISConfig's Student-t mixture): draws in
-    rounds of 256 until the weights' ESS reaches 4 num (at least 64) or 4096 draws, fewer
-    rounds when the data make each draw dear (at least min(4096, 4096 (200/n)^3) draws).
+    rounds of 256 (64 above SUBSET points, where each draw costs an n x n Cholesky, so the
+    draws stop nearer the target) until the weights' ESS reaches 4 num (at least 64) or 4096
+    draws, fewer rounds when the data make each draw dear (at least min(4096, 4096
+    (200/n)^3) draws).
     A round whose ESS is under 10% of its draws re-fits the proposal to the weighted draws
     and starts afresh. Returns (theta (N, p), normalised weights (N,))."""
-    from placement.importance import ISConfig, proposal_from_moments, proposal_logpdf, proposal_sample
+    from placement.importance import proposal_from_moments
 
-    _, _, batch_logp = _closed_tools(kernel)
-    cfg = ISConfig(pilot="laplace")
+    _, _, is_round = _closed_tools(kernel)
     n = Xn.shape[0]
     X, y = jnp.asarray(Xn), jnp.asarray(yn)
-    rnd, cap = 256, 4096
+    rnd, cap = (256 if n <= SUBSET else 64), 4096
     least = int(min(cap, max(rnd, rnd * np.ceil(cap * min(1.0, (SUBSET / n) ** 3) / rnd))))
     target = max(4 * num, 64)
     prop = proposal_from_moments(jnp.asarray(mode), jnp.asarray(cov))
     key = jax.random.PRNGKey(seed + 7)
     thetas, logw, used = [], [], 0
     while True:
-        key, sub = jax.random.split(key)
-        th = proposal_sample(sub, prop, rnd, cfg)
-        lw = np.asarray(batch_logp(th, X, y)) - np.asarray(proposal_logpdf(prop, th, cfg))
+        key, th, lw = is_round(key, prop, X, y, rnd)
+        lw = np.asarray(lw)
         thetas.append(np.asarray(th))
         logw.append(np.where(np.isfinite(lw), lw, -np.inf))
         used += rnd
@@ -435,6 +446,7 @@ class CritData(NamedTuple):
     Kinv: jax.Array  # (M, n, n) (K_nn + (sigma^2 + JITTER) I)^-1 per draw
     alpha: jax.Array  # (M, n) Kinv y
     WG: jax.Array  # (M, n, g) Kinv K_nG
+    WGt: jax.Array  # (M, g, n) its transpose, stored: products keep their operands' layout
     mean_G: jax.Array  # (M, g) posterior mean at G from the data in hand
     var_G: jax.Array  # (M, g) posterior variance at G (not floored)
 
@@ -445,7 +457,7 @@ def _factor(kernel, X, y, G, l, e, s):
     KG = gpjax.kernel_matrix(kernel, X, G, l, e)
     alpha = Kinv @ y
     WG = Kinv @ KG
-    return Kinv, alpha, WG, KG.T @ alpha, e**2 - jnp.sum(KG * WG, 0)
+    return Kinv, alpha, WG, WG.T, KG.T @ alpha, e**2 - jnp.sum(KG * WG, 0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -469,12 +481,12 @@ def _batch_pred(kernel, data: CritData, B):
 def _update(kernel, data: CritData, B, C_b, Kb):
     """Per draw: Q = K_GB - K_Gn Kinv K_nB (M, g, k), R = Q C_B^-1 (M, g, k) and the
     posterior variance at G after adding B (M, g): var_G - diag(Q C_B^-1 Q^T)."""
-    def one(l, e, WG, C, Kb, vG):
-        Q = gpjax.kernel_matrix(kernel, data.G, B, l, e) - WG.T @ Kb
+    def one(l, e, WG, WGt, C, Kb, vG):
+        Q = gpjax.kernel_matrix(kernel, data.G, B, l, e) - gpjax.transposed_product(WG, WGt, Kb)
         R = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(C), True), Q.T).T
         return R, jnp.maximum(vG - jnp.sum(R * Q, 1), 1e-12)
 
-    return jax.vmap(one)(data.ell, data.eta, data.WG, C_b, Kb, data.var_G)
+    return jax.vmap(one)(data.ell, data.eta, data.WG, data.WGt, C_b, Kb, data.var_G)
 
 
 def _etv(kernel, B, data: CritData):
@@ -548,24 +560,29 @@ def make_criterion(kind, kernel, Xn, yn, G, hyper, z):
 
 @functools.lru_cache(maxsize=32)
 def _searcher(kind: str, kernel: str, lr: float):
-    """Jitted ``(starts (R, k, d), data, steps) -> (batches, values)``: projected adam from
-    each start for ``steps`` steps (a runtime value, so may be 0: the value at the starts).
-    Compiled once per (criterion, kernel, lr) and shapes; data and steps are runtime inputs,
-    so every phase of the search shares one compilation."""
+    """Jitted ``(batches (R, k, d), adam states, data, steps) -> (batches, states, values)``:
+    projected adam from each batch for ``steps`` steps (a runtime value, so may be 0: the
+    values at the batches), and ``init(batches)``, fresh adam states. Compiled once per
+    (criterion, kernel, lr) and shapes; data and steps are runtime inputs, so every phase
+    and every chunk of the search shares one compilation."""
     opt = optax.adam(lr)
     fn = functools.partial(_CRITERIA[kind], kernel)
 
-    def run(B0, data, steps):
+    def run(B0, st0, data, steps):
         def body(_, carry):
             B, st = carry
             g = jax.grad(fn)(B, data)
             upd, st = opt.update(g, st, B)
             return jnp.clip(optax.apply_updates(B, upd), 0.0, 1.0), st
 
-        B, _ = jax.lax.fori_loop(0, steps, body, (B0, opt.init(B0)))
-        return B, fn(B, data)
+        B, st = jax.lax.fori_loop(0, steps, body, (B0, st0))
+        return B, st, fn(B, data)
 
-    return jax.jit(jax.vmap(run, in_axes=(0, None, None)))
+    return jax.jit(jax.vmap(opt.init)), jax.jit(jax.vmap(run, in_axes=(0, 0, None, None)))
+
+
+SEARCH_CHUNK = 10  # the second phase checks for convergence every this many steps
+SEARCH_RTOL = 1e-5  # ... and stops when no kept start improved by more than this (relative)
 
 
 def search(kind, kernel, data: CritData, k: int, d: int, restarts: int, steps: int, lr: float, seed: int):
@@ -575,28 +592,40 @@ def search(kind, kernel, data: CritData, k: int, d: int, restarts: int, steps: i
     the starts (at least one) run the rest with a fresh adam state, so the search costs about
     (restarts + 3 keep) / 4 full runs instead of ``restarts``. The starts go through in
     groups of ``keep`` (the last group padded by repeating its first start), so both phases
-    run one compiled function."""
+    run one compiled function. The second phase runs in chunks of SEARCH_CHUNK steps and
+    stops early once a chunk improves no kept start by more than SEARCH_RTOL (relative);
+    each start's best batch so far is kept."""
     from scipy.stats import qmc
 
     restarts, steps = max(int(restarts), 1), int(steps)
     starts = qmc.Sobol(d=k * d, scramble=True, seed=seed).random(restarts).reshape(-1, k, d)
     keep = max(1, restarts // 4)
     first = steps // 4 if keep < restarts else steps
-    run = _searcher(kind, kernel, float(lr))
+    init, run = _searcher(kind, kernel, float(lr))
+    clean = lambda v: np.where(np.isfinite(np.asarray(v)), np.asarray(v), np.inf)  # noqa: E731
     groups = -(-restarts // keep)
     pad = np.concatenate([np.arange(restarts), np.full(groups * keep - restarts, (groups - 1) * keep)])
     Bs, vals = [], []
     for i in range(groups):
-        B, v = run(jnp.asarray(starts[pad[i * keep:(i + 1) * keep]]), data, first)
+        B0 = jnp.asarray(starts[pad[i * keep:(i + 1) * keep]])
+        B, _, v = run(B0, init(B0), data, first)
         Bs.append(np.asarray(B))
-        vals.append(np.asarray(v))
+        vals.append(clean(v))
     Bs, vals = np.concatenate(Bs)[:restarts], np.concatenate(vals)[:restarts]
-    vals = np.where(np.isfinite(vals), vals, np.inf)
     if first < steps:
         best = np.argsort(vals, kind="stable")[:keep]
-        Bs, vals = run(jnp.asarray(Bs[best]), data, steps - first)
-        Bs, vals = np.asarray(Bs), np.asarray(vals)
-        vals = np.where(np.isfinite(vals), vals, np.inf)
+        B = jnp.asarray(Bs[best])
+        st, left = init(B), steps - first
+        Bs, vals = np.asarray(B), vals[best]
+        while left > 0:
+            B, st, v = run(B, st, data, min(SEARCH_CHUNK, left))
+            left -= SEARCH_CHUNK
+            v = clean(v)
+            gain = np.max((vals - v) / np.maximum(np.abs(v), 1e-300)) if np.all(np.isfinite(vals)) else np.inf
+            better = v < vals
+            Bs, vals = np.where(better[:, None, None], np.asarray(B), Bs), np.where(better, v, vals)
+            if not gain > SEARCH_RTOL:
+                break
     best = int(np.argmin(vals))
     return Bs[best], float(vals[best])
 
@@ -645,11 +674,29 @@ def suggest_arrays(X, y, bounds, cfg: SuggestConfig):
     before = float(_current(cfg.criterion, cfg.kernel, data))
     if cfg.criterion == "mutual_information":
         after = -after
-    mean, sd = mixture_predictive(cfg.kernel, Xn, yn, Bn, (ell, eta, sigma))
+    mean, sd = batch_mixture(cfg.kernel, data, Bn)
     info = {"criterion": cfg.criterion, "before": before, "after": after, "hyper_ess": ess,
             "pred_mean": mean * y_sd + y_mean, "pred_sd": sd * y_sd, "bounds": b, "y_scale": (y_mean, y_sd),
             "hyper": (ell, eta, sigma), "Xn": Xn, "yn": yn}
     return Bn * span + b[:, 0], info
+
+
+def batch_mixture(kernel, data: CritData, B):
+    """mixture_predictive at the batch B from the factorisations in data (no new n x n
+    work): mean and sd of f at B under the equal mixture over the draws."""
+    mean, var = _batch_mixture_fn(kernel)(data, jnp.asarray(B, dtype=jnp.float64))
+    mean, var = np.asarray(mean), np.asarray(var)
+    return mean.mean(0), np.sqrt(var.mean(0) + mean.var(0))
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_mixture_fn(kernel):
+    def fn(data, B):
+        mu, C, _ = _batch_pred(kernel, data, B)
+        var = jnp.diagonal(C, axis1=1, axis2=2) - (data.sigma**2 + JITTER)[:, None]
+        return mu, jnp.maximum(var, 1e-12)
+
+    return jax.jit(fn)
 
 
 def mixture_predictive(kernel, Xn, yn, Gn, hyper):

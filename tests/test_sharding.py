@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 CODE = textwrap.dedent(
     """
     import json, sys
@@ -39,5 +41,8 @@ def _run(devices):
 def test_sharded_draws_give_the_unsharded_estimate():
     one, two = _run(1), _run(2)
     assert one["devices"] == 1 and two["devices"] == 2
-    assert two["F"] == one["F"]  # 4099 draws: the odd one out is padded and dropped
-    assert two["grad"] == one["grad"] and two["se"] == one["se"]
+    # 4099 draws: the odd one out is padded and dropped; equal up to round-off (the per-device
+    # batches vectorise differently)
+    np.testing.assert_allclose(two["F"], one["F"], rtol=1e-12)
+    np.testing.assert_allclose(two["grad"], one["grad"], rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(two["se"], one["se"], rtol=1e-11, atol=1e-15)

@@ -1,5 +1,6 @@
 """Batch suggestions: the criteria's algebra, the CLI outputs, and clear errors."""
 
+import functools
 import json
 
 import jax
@@ -219,6 +220,41 @@ def test_closed_form_hyperparameter_density_matches_the_pymc_model():
         np.testing.assert_allclose(np.asarray(g), np.asarray(g_ad), rtol=1e-7, atol=1e-9)
         H_ad = -jax.hessian(hyper_logdensity, argnums=1)(*args)  # the observed information, exactly
         np.testing.assert_allclose(np.asarray(H), np.asarray(H_ad), rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("subset", [None, 24])
+def test_newton_mode_matches_the_laplace_fit(monkeypatch, subset):
+    """hyper_mode (Newton with the closed-form observed information, on a subset first when
+    the data exceed SUBSET points) lands on the mode and curvature that make_laplace
+    (L-BFGS from four starts, autodiff Hessian) finds on all the data."""
+    import placement.suggest as S
+    from placement.laplace import make_laplace
+
+    if subset:
+        monkeypatch.setattr(S, "SUBSET", subset)
+    rng = np.random.default_rng(8)
+    X = rng.uniform(0, 1, (40, 2))
+    y = np.sin(4 * X[:, 0]) + X[:, 1] ** 2 + 0.1 * rng.normal(size=40)
+    y = (y - y.mean()) / y.std()
+    mode, cov, lp = S.hyper_mode(X, y, "matern52", seed=0)
+    lap = make_laplace(functools.partial(S.hyper_logdensity, "matern52"))(
+        jax.random.PRNGKey(0), jnp.asarray(S._initial_theta(2)), jnp.asarray(X), jnp.asarray(y))
+    assert lp == pytest.approx(float(lap.logp), abs=1e-8)
+    np.testing.assert_allclose(mode, np.asarray(lap.mode), atol=1e-5)
+    np.testing.assert_allclose(cov, np.asarray(lap.cov), rtol=1e-4, atol=1e-8)
+
+
+def test_batch_mixture_from_the_factorisation_matches_the_mixture_predictive():
+    from placement.suggest import batch_mixture, crit_data, mixture_predictive
+
+    rng = np.random.default_rng(9)
+    n, d, k, M = 25, 2, 4, 3
+    X, y = rng.uniform(0, 1, (n, d)), rng.normal(size=n)
+    hyper = (rng.uniform(0.15, 0.5, (M, d)), rng.uniform(0.8, 1.3, M), rng.uniform(0.02, 0.2, M))
+    B = rng.uniform(0, 1, (k, d))
+    data = crit_data(X, y, grid_points(d, 16), hyper, rng.normal(size=(2, k)))
+    for a, b in zip(batch_mixture("matern52", data, B), mixture_predictive("matern52", X, y, B, hyper)):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
 
 
 def test_python_api_returns_a_batch_inside_the_bounds():
