@@ -50,7 +50,7 @@ def _enable_compile_cache(cfg) -> None:
     if cfg.get("compile_cache", True):
         from placement.runtime import enable_compile_cache
 
-        enable_compile_cache(min_compile_time_secs=0.5)
+        enable_compile_cache(min_compile_time_secs=0.0)
 
 
 def _retry_cfg(cfg):

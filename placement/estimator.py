@@ -83,8 +83,9 @@ def shared_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
 
 
 def _chunked(fn: Callable) -> Callable:
+    # host-side slicing and padding (NumPy): eager jnp ops on new shapes would each compile
     def terms(thetas, X, y):
-        thetas = jnp.asarray(thetas)
+        thetas = np.asarray(thetas)
         N = thetas.shape[0]
         size = CHUNK if N >= CHUNK else max(64, 1 << int(np.ceil(np.log2(max(N, 1)))))
         parts = []
@@ -92,12 +93,10 @@ def _chunked(fn: Callable) -> Callable:
             t = thetas[i : i + size]
             n = t.shape[0]
             if n < size:
-                t = jnp.concatenate([t, jnp.broadcast_to(t[:1], (size - n, t.shape[1]))])
-            out = fn(t, X, y)
-            parts.append(tuple(o[:n] for o in out) if n < size else out)
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(jnp.concatenate([p[j] for p in parts]) for j in range(4))
+                t = np.concatenate([t, np.broadcast_to(t[:1], (size - n, t.shape[1]))])
+            out = jax.device_get(fn(t, X, y))
+            parts.append(tuple(o[:n] for o in out))
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
     return terms
 

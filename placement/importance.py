@@ -244,11 +244,11 @@ def build(jm, cfg: ISConfig) -> Sampler:
         mixes, thetas, evs = [start], [], []
         nb = cfg.aim_samples // cfg.aim_stages
         for j in range(cfg.aim_stages):  # stage j draws from the latest fit; each fit pools all stages
-            theta = to_theta(mixes[-1], mc(jax.random.fold_in(key, j), n=nb, p=p), df=cfg.df)
+            theta = np.asarray(to_theta(mixes[-1], mc(jax.random.fold_in(key, j), n=nb, p=p), df=cfg.df))
             thetas.append(theta)
             evs.append(terms(theta, X, y))
-            th = jnp.concatenate(thetas)
-            ev = [jnp.concatenate([e[i] for e in evs]) for i in range(4)]
+            th = np.concatenate(thetas)  # host-side joins: no eager compiles
+            ev = [np.concatenate([e[i] for e in evs]) for i in range(4)]
             mixes.append(aim_fit(prop, th, *ev, pooled(mixes[: j + 1], th, df=cfg.df)))
         return mixes[-1]
 
