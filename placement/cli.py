@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import hydra
+    from hydra.errors import InstantiationException
     from omegaconf import DictConfig
     from omegaconf.errors import OmegaConfBaseException
 
@@ -372,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
             TASKS[cmd](cfg)
         except PlacementError as e:
             _fail(str(e), run_dir, created)
+        except InstantiationException as e:  # a config class refused its settings (__post_init__)
+            cause = e.__cause__
+            while cause is not None and not isinstance(cause, PlacementError):
+                cause = cause.__cause__
+            _fail(str(cause) if cause is not None else f"configuration: {str(e).splitlines()[-1]}", run_dir, created)
         except OmegaConfBaseException as e:  # e.g. a mandatory key left at ???
             _fail(f"configuration: {str(e).splitlines()[0]} (set it on the command line, e.g. data=FILE).",
                   run_dir, created)

@@ -93,6 +93,17 @@ def test_unknown_config_is_rejected(tmp_path, args, message):
     assert r.returncode != 0 and message in r.stderr
 
 
+def test_a_setting_a_sampler_refuses_is_one_clear_error(tmp_path):
+    """A config class rejecting its settings (inside Hydra's instantiate) is one error line,
+    exit 2, no traceback and no output folder."""
+    out = tmp_path / "run"
+    r = run(["gradient", f"hydra.run.dir={out}", "sampler.num_samples=1000"], tmp_path)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "power of two" in lines[0], r.stderr
+    assert not out.exists()
+
+
 def test_unknown_command(tmp_path):
     r = run(["frobnicate"], tmp_path)
     assert r.returncode == 2 and "unknown command" in r.stderr
