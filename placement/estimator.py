@@ -71,11 +71,20 @@ _TERMS: dict = {}
 CHUNK = 2048  # draws per compiled call of the shared terms
 
 
-def shared_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
+def auto_batch(jm: JaxModel) -> int:
+    """Draws vectorised at once: 512 for small models, fewer as the n x n matrices grow
+    (batch x n^2 <= 4e6 elements per matrix), so memory stays bounded at large n."""
+    n = int(jm.X.shape[0]) if jm.X.ndim else 1
+    return int(np.clip(4_000_000 // max(n * n, 1), 8, 512))
+
+
+def shared_terms(jm: JaxModel, batch_size: int | None = None) -> Callable:
     """``make_terms`` once per model, called on fixed-size chunks of draws: every sampler
     and batch size (adaptation stages, final batches, precision extensions, grids) shares
     one compiled function. Fewer than CHUNK draws run as one chunk padded to the next power
-    of two; padding repeats the first draw and is dropped."""
+    of two; padding repeats the first draw and is dropped. ``batch_size``: draws vectorised
+    at once (default ``auto_batch``)."""
+    batch_size = auto_batch(jm) if batch_size is None else batch_size
     key = (id(jm), batch_size)
     if key not in _TERMS or _TERMS[key][0] is not jm:
         _TERMS[key] = (jm, _chunked(make_terms(jm, batch_size)))
