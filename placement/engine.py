@@ -163,6 +163,7 @@ def merge(a: Sample, ev_a, b: Sample, ev_b):
     new = samplers.as_dict(b.info)
     if "divergences" in info and "divergences" in new:
         info["divergences"] = int(info["divergences"]) + int(new["divergences"])
+    groups = a.groups + b.groups if a.groups and b.groups else None  # RQMC sets add up
     joined = Sample(cat(a.theta, b.theta), cat(a.log_q, b.log_q), a.chains, cat(a.twos, b.twos), info,
-                    cat(a.edge, b.edge))
+                    cat(a.edge, b.edge), groups)
     return joined, tuple(jnp.asarray(cat(u, v)) for u, v in zip(ev_a, ev_b))

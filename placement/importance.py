@@ -134,8 +134,9 @@ def proposal_from_moments(mean, cov) -> Proposal:
     return Proposal(mean, jnp.linalg.cholesky(cov))
 
 
-def make_importance(logdensity: Callable, cfg: ISConfig):
-    """Build jitted ``adapt(key, prop, X, y) -> prop`` and ``draw(key, prop) -> (theta, log_q)``."""
+def make_adapt(logdensity: Callable, cfg: ISConfig):
+    """Build the jitted posterior fit ``adapt(key, prop, X, y) -> prop`` (moment matching
+    from ``adapt_samples`` weighted draws, ``iters`` rounds)."""
     vlogp = jax.vmap(logdensity, in_axes=(0, None, None))
 
     @partial(jax.jit, static_argnames=("iters",))
@@ -145,22 +146,13 @@ def make_importance(logdensity: Callable, cfg: ISConfig):
             theta = proposal_sample(k, prop, cfg.adapt_samples, cfg)
             log_w = vlogp(theta, X, y) - proposal_logpdf(prop, theta, cfg)
             log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-            W = jax.nn.softmax(log_w)
-            mean = W @ theta
-            d = theta - mean
-            cov = (W[:, None] * d).T @ d
-            new = proposal_from_moments(mean, cov)
+            new = proposal_from_moments(*mixtures.weighted_moments(jax.nn.softmax(log_w), theta))
             ok = jnp.all(jnp.isfinite(new.chol)) & jnp.all(jnp.isfinite(new.mean))
             return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, prop)
 
         return jax.lax.fori_loop(0, iters, body, prop)
 
-    @jax.jit
-    def draw(key, prop):
-        theta = proposal_sample(key, prop, cfg.num_samples, cfg)
-        return theta, proposal_logpdf(prop, theta, cfg)
-
-    return adapt, draw
+    return adapt
 
 
 class ISState(NamedTuple):
@@ -206,7 +198,7 @@ def build(jm, cfg: ISConfig) -> Sampler:
     ``extend`` draws further batches (new randomisations) from the same final proposal."""
     if cfg.pilot not in ("wide", "laplace"):
         raise PlacementError(f"sampler.pilot must be 'wide' or 'laplace' (got {cfg.pilot!r}).")
-    adapt, _ = make_importance(jm.logdensity, cfg)
+    adapt = make_adapt(jm.logdensity, cfg)
     laplace = make_laplace(jm.logdensity) if cfg.pilot == "laplace" else None
     theta0 = jnp.asarray(jm.initial_point)
     p = jm.ndim

@@ -113,3 +113,6 @@ def test_merge_keeps_each_chain_one_series():
     assert joined.info["divergences"] == 3
     flat, _ = merge(sa._replace(chains=None), (a,), sb._replace(chains=None), (b,))
     np.testing.assert_array_equal(flat.theta[:, 0], np.concatenate([a, b]))
+    # randomised-QMC sets of independent draws: the groups add up (the SE comes from them)
+    qa, qb = sa._replace(chains=None, groups=4), sb._replace(chains=None, groups=2)
+    assert merge(qa, (a,), qb, (b,))[0].groups == 6
