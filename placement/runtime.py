@@ -76,10 +76,34 @@ def _accelerator_plugin_installed() -> bool:
     return any(importlib.util.find_spec(n) is not None for n in names)
 
 
+def cpu_device_flags(flags: str, setting: str, cores: int | None) -> str:
+    """XLA_FLAGS with one CPU device per core (at most 8), so the draw axis of an estimate is
+    sharded over the cores (``estimator.make_terms``): XLA:CPU runs each device's work on its
+    own thread, while one device runs a batch of factorisations one after another on one core.
+    ``setting``: "auto" (the core count), or a number ("1" = one device, no sharding). Flags
+    that already name a device count are kept. The flag goes first: XLA stops parsing
+    XLA_FLAGS at a token it does not know."""
+    if "xla_force_host_platform_device_count" in flags:
+        return flags
+    if setting == "auto":
+        count = min(max(cores or 1, 1), 8)
+    else:
+        try:
+            count = int(setting)
+        except ValueError:
+            raise SystemExit(f"error: PLACEMENT_CPU_DEVICES must be 'auto' or a whole number; got {setting!r}.")
+    if count <= 1:
+        return flags
+    return f"--xla_force_host_platform_device_count={count} {flags}".strip()
+
+
 def configure_process() -> None:
     """Environment for JAX/XLA and warning filters; call before importing JAX."""
     if not _accelerator_plugin_installed():
         os.environ.setdefault("JAX_PLATFORMS", "cpu")  # no accelerator probing on CPU-only installs
+    if os.environ.get("JAX_PLATFORMS") == "cpu":
+        os.environ["XLA_FLAGS"] = cpu_device_flags(os.environ.get("XLA_FLAGS", ""),
+                                                   os.environ.get("PLACEMENT_CPU_DEVICES", "auto"), os.cpu_count())
     # XLA C++ INFO and WARNING lines (e.g. "Assume version compatibility" on every cache hit);
     # ERROR lines still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -4,8 +4,11 @@ import os
 # oversubscribes them and runs many times slower (measured: 30x on the suggest search), so each
 # worker, and every CLI process it starts, runs XLA on one thread. Set before JAX is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One CPU device per process in tests (the package's default is one per core, see
+# runtime.cpu_device_flags); tests/test_sharding.py checks the sharded path against this one.
+os.environ.setdefault("PLACEMENT_CPU_DEVICES", "1")
 
 import numpy as np
 import pytest

@@ -60,3 +60,14 @@ def test_sharded_draws_give_the_unsharded_estimate():
     np.testing.assert_allclose(two["F"], one["F"], rtol=1e-12)
     np.testing.assert_allclose(two["grad"], one["grad"], rtol=1e-11, atol=1e-15)
     np.testing.assert_allclose(two["se"], one["se"], rtol=1e-11, atol=1e-15)
+
+
+def test_one_cpu_device_per_core_unless_set():
+    from placement.runtime import cpu_device_flags
+
+    assert cpu_device_flags("", "auto", 2) == "--xla_force_host_platform_device_count=2"
+    assert cpu_device_flags("--xla_cpu_multi_thread_eigen=false", "auto", 64).startswith(
+        "--xla_force_host_platform_device_count=8 ")  # at most 8, and first (XLA stops at unknown tokens)
+    assert cpu_device_flags("", "auto", 1) == "" and cpu_device_flags("", "1", 16) == ""
+    kept = "--xla_force_host_platform_device_count=3"
+    assert cpu_device_flags(kept, "auto", 16) == kept  # the user's own count wins
