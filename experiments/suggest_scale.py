@@ -57,14 +57,15 @@ def child(n, d, k, sampler):
             return out
         return wrapper
 
-    S.hyper_draws = timed("hyperparameters", S.hyper_draws)
-    S.hyper_mode = timed("mode", S.hyper_mode)  # parts of hyperparameters
-    S._importance = timed("importance", S._importance)
-    S.crit_data = timed("factorise", S.crit_data)
-    S.search = timed("search", S.search)
-    S.mixture_predictive = timed("predictive", S.mixture_predictive)
-    if hasattr(S, "batch_mixture"):
-        S.batch_mixture = timed("predictive", S.batch_mixture)
+    from placement.suggest import criteria as C, hyper as H, suggester as R
+
+    H.hyper_draws = timed("hyperparameters", H.hyper_draws)
+    H.hyper_mode = timed("mode", H.hyper_mode)  # parts of hyperparameters
+    H._importance = timed("importance", H._importance)
+    C.crit_data = timed("factorise", C.crit_data)
+    R.batch_search = timed("search", R.batch_search)
+    C.mixture_predictive = timed("predictive", C.mixture_predictive)
+    C.batch_mixture = timed("predictive", C.batch_mixture)
     X, y = data(n, d)
     load0 = os.getloadavg()[0]
     t, c = time.perf_counter(), time.process_time()

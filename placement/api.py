@@ -1,16 +1,31 @@
-"""Python API mirroring the command line: build a problem from a config, estimate gradients."""
+"""The Python API: estimate dF/dX for a PyMC model in hand, relocate its design, and get
+the answers as plain objects, pandas tables and ArviZ posteriors.
+
+    import placement
+    est = placement.gradient(model, objective="f")              # F, grad, F_se, grad_se, trusted
+    idata = est.to_inference_data()                              # arviz.InferenceData
+    run = placement.relocate(model, objective="f", steps=50)     # run.X, run.F, run.trajectory, run.plot()
+
+The model is a ``pm.Model`` with a ``pm.Data`` design container (shape (n,) or (n, d)), its
+observed data (a ``pm.Data`` container, or constants) and the objective f (a Deterministic).
+Sampler, optimizer and constraint settings are the command line's: a name from ``conf/`` with
+keywords on top of its defaults, or the config objects themselves. Every argument is checked
+before anything is compiled; a bad one raises one ``PlacementError`` saying what to fix.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from placement import settings
 from placement.engine import Engine
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
@@ -28,8 +43,43 @@ class Problem:
     jm: JaxModel
 
 
+def _check_model(model, design: str, X=None) -> None:
+    """What can be checked on the PyMC model itself, before the export: its type and the
+    design's shape (the export checks the containers and the objective)."""
+    import pymc as pm
+    from pytensor.compile.sharedvalue import SharedVariable
+
+    if not isinstance(model, pm.Model):
+        raise PlacementError(f"model must be a pm.Model (or a placement.api.Problem); got {type(model).__name__}.")
+    var = model.named_vars.get(design)
+    if X is not None and isinstance(var, SharedVariable):
+        check_shape(X, np.shape(var.get_value()), design)
+
+
+def problem_from_model(model, objective: str | None, design: str = "X", observed: str | None = "y",
+                       name: str = "model") -> Problem:
+    """Export a ``pm.Model`` once to JAX with its design and observed containers as inputs.
+
+    Args:
+        model: the PyMC model.
+        objective: name of the model quantity used as f (a Deterministic, scalar).
+        design: name of the ``pm.Data`` container holding X, shape (n,) or (n, d).
+        observed: name of the ``pm.Data`` container holding y (None when y is a constant).
+        name: a label for outputs.
+    """
+    _check_model(model, design)
+    if not objective:
+        names = ", ".join(d.name for d in model.deterministics) or "none"
+        raise PlacementError(f"name the objective: objective=... (a Deterministic of the model; it has: {names}).")
+    jm = from_pymc(model, objective=objective, data=design, observed=observed, extras=("pred_mu", "pred_var"))
+    sim = simulator_of(model)
+    if sim is not None:
+        jm = with_simulator(jm, *sim)
+    return Problem(name, jm)
+
+
 def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = None) -> Problem:
-    """Call the configured builder and export its model to JAX.
+    """Call the configured builder and export its model to JAX (the command line's path).
 
     Args:
         problem_cfg: mapping with keys builder ("module:function"), args, data, observed
@@ -57,12 +107,8 @@ def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = 
     objective = objective or problem_cfg.get("objective")
     if not objective:
         raise PlacementError("no objective named: set objective.name=... (the model's Deterministic to use as f).")
-    jm = from_pymc(model, objective=objective, data=problem_cfg.get("data", "X"), observed=problem_cfg.get("observed", "y"),
-                   extras=("pred_mu", "pred_var"))
-    sim = simulator_of(model)
-    if sim is not None:
-        jm = with_simulator(jm, *sim)
-    return Problem(problem_cfg.get("name", "custom"), jm)
+    problem = problem_from_model(model, objective, problem_cfg.get("data", "X"), problem_cfg.get("observed", "y"))
+    return Problem(problem_cfg.get("name", "custom"), problem.jm)
 
 
 def predictive_summary(engine: Engine, state, X, key, max_draws: int = 400):
@@ -86,38 +132,284 @@ def predictive_summary(engine: Engine, state, X, key, max_draws: int = 400):
     return mu.mean(0), np.sqrt(var.mean(0) + mu.var(0))
 
 
-def check_design(X, jm: JaxModel) -> np.ndarray:
-    """Validate a user design against the model: shape, finiteness, distinct points."""
+def check_shape(X, shape: tuple, name: str = "X") -> np.ndarray:
+    """X as float64 with the design's shape, finite."""
     try:
         X = np.asarray(X, dtype=np.float64)
     except (TypeError, ValueError):
-        raise PlacementError("X must be a list of numbers (or a list of lists for d > 1 columns).") from None
-    if X.shape != jm.X.shape:
+        raise PlacementError(f"{name} must be a list of numbers (or a list of lists for d > 1 columns).") from None
+    if X.shape != tuple(shape):
         raise PlacementError(
-            f"X has shape {X.shape} but the problem's design has shape {jm.X.shape}; give one value "
+            f"{name} has shape {X.shape} but the problem's design has shape {tuple(shape)}; give one value "
             "per point (a row of d values per point when d > 1)."
         )
     if not np.all(np.isfinite(X)):
-        raise PlacementError("X contains NaN or infinite values; every coordinate must be a finite number.")
+        raise PlacementError(f"{name} contains NaN or infinite values; every coordinate must be a finite number.")
     return X
 
 
-def gradient(problem: Problem, sampler_cfg: Any, X=None, seed: int = 0, engine: Engine | None = None,
-             retry: RetryConfig | None = None, gradient_check: str = "error") -> GradientEstimate:
-    """F and dF/dX at X (default: the problem's design) with standard errors. On sampler
-    trouble it retries with safer settings (``retry``); ``diagnostics["attempts"]`` and
-    ``["actions"]`` say what was done, ``["trusted"]`` whether it worked (by
-    ``placement.retry.diagnose``, the one trust rule) and ``["warnings"]`` why not.
-    ``gradient_check``: "error" (stop when the model's X-derivatives disagree with finite
-    differences), "untrusted" (go on, every estimate untrusted) or "off"."""
+def check_design(X, jm: JaxModel) -> np.ndarray:
+    """Validate a user design against the model: shape and finiteness."""
+    return check_shape(X, jm.X.shape)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """F(X) = E[f | y, X] and dF/dX with Monte Carlo standard errors.
+
+    Attributes:
+        F, F_se: the estimate and its standard error.
+        grad, grad_se: dF/dX and its standard errors, shape of X.
+        diagnostics: the sampler's diagnostics (draws, ESS, Pareto k, r_hat, attempts, ...).
+        X: the design the estimate was made at.
+    """
+
+    F: float
+    grad: np.ndarray
+    F_se: float
+    grad_se: np.ndarray
+    diagnostics: dict
+    X: np.ndarray
+    _source: Any = field(default=None, repr=False, compare=False)  # (engine, estimate, y) for the posterior
+
+    @property
+    def trusted(self) -> bool:
+        """Whether every check passed (``placement.retry.diagnose``, the one trust rule)."""
+        return bool(self.diagnostics.get("trusted", not self.warnings))
+
+    @property
+    def warnings(self) -> list[str]:
+        """Why the estimate is not trusted, each with what to try; empty when trusted."""
+        return list(self.diagnostics.get("warnings", []))
+
+    def to_inference_data(self, num_draws: int | None = None, chains: int = 4, seed: int = 0):
+        """The posterior draws behind the estimate as an ``arviz.InferenceData`` (weighted
+        draws resampled to equal weight; see ``placement.inference_data``)."""
+        if self._source is None:
+            raise PlacementError("this estimate was not made by placement.gradient; it has no draws to export.")
+        engine, est, y = self._source
+        return posterior_of(engine, est, self.X, y, num_draws=num_draws, chains=chains, seed=seed)
+
+
+def posterior_of(engine: Engine, est: GradientEstimate, X, y, num_draws: int | None = None, chains: int = 4,
+                 seed: int = 0):
+    """``arviz.InferenceData`` of the draws behind an engine's estimate at design X."""
+    from placement.inference_data import to_inference_data
+
+    sample = est.sample
+    weights = None
+    if sample is not None and sample.log_q is not None and est.diagnostics.get("sampler") != "map":
+        weights = engine.sample_weights(sample, X, y)
+    return to_inference_data(est, engine.jm, X, y, weights=weights, num_draws=num_draws, chains=chains, seed=seed)
+
+
+def _estimate(engine: Engine, est: GradientEstimate, X, y) -> Estimate:
+    return Estimate(est.F, np.asarray(est.grad), est.F_se, np.asarray(est.grad_se), est.diagnostics, np.asarray(X),
+                    (engine, est, y))
+
+
+def gradient(model, objective: str | None = None, *, design: str = "X", observed: str | None = "y",
+             sampler: Any = "importance", X=None, seed: int = 0, engine: Engine | None = None,
+             retry: RetryConfig | dict | None = None, gradient_check: str = "error", **sampler_options) -> Estimate:
+    """F and dF/dX at X (default: the model's own design) with standard errors.
+
+    Args:
+        model: a ``pm.Model`` (or a ``Problem`` from ``build_problem``).
+        objective: name of the Deterministic used as f.
+        design, observed: names of the ``pm.Data`` containers holding X and y.
+        sampler: a name from ``conf/sampler/`` (importance, quadrature, nuts, map, ...) or a
+            config object (``placement.importance.ISConfig(...)``, ...).
+        X: the design to evaluate at, shape of the design container.
+        seed: random seed (same seed, same numbers).
+        engine: a compiled ``Engine`` to reuse across calls (then ``sampler`` is ignored).
+        retry: ``RetryConfig`` or a dict of its fields: what counts as sampler trouble.
+        gradient_check: "error" (stop when the model's X-derivatives disagree with finite
+            differences), "untrusted" (go on, every estimate untrusted) or "off".
+        **sampler_options: the sampler's settings, e.g. ``num_samples=4096``, ``rel_se=0.01``.
+
+    On sampler trouble the estimate is redone with safer settings; ``diagnostics["attempts"]``
+    and ``["actions"]`` say what was done, ``.trusted`` whether it worked and ``.warnings`` why not.
+    """
     t0 = time.perf_counter()
+    if isinstance(model, Problem) and objective is not None and not isinstance(objective, str):
+        sampler, objective = objective, None  # the older form gradient(problem, sampler_cfg, ...)
+    retry = settings.retry_config(retry)
+    if gradient_check not in ("error", "untrusted", "off"):
+        raise PlacementError(f"gradient_check must be error, untrusted or off; got {gradient_check!r}.")
+    sampler_cfg = None if engine is not None else settings.sampler_config(sampler, "gradient", **sampler_options)
+    if isinstance(model, Problem):
+        problem = model
+    else:
+        _check_model(model, design, X)
+        problem = problem_from_model(model, objective, design, observed)
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
     engine = engine or Engine(jm, sampler_cfg, gradient_check=gradient_check)
-    key = jax.random.PRNGKey(seed)
-    k1, k2 = jax.random.split(key)
-    state = engine.init(k1, X, jm.y)
-    _, est, attempts = robust_gradient(engine, k2, state, X, jm.y, retry or RetryConfig())
+    y = jm.y_at(X)
+    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+    state = engine.init(k1, X, y)
+    _, est, attempts = robust_gradient(engine, k2, state, X, y, retry)
     est.diagnostics.update(attempts.summary())
+    est.diagnostics["trusted"] = bool(attempts.trusted)
     est.diagnostics["seconds_total"] = time.perf_counter() - t0
-    return est
+    return _estimate(engine, est, X, y)
+
+
+@dataclass
+class Relocation:
+    """The outcome of ``relocate``.
+
+    Attributes:
+        X: the final design; X0: the starting one.
+        F, F_se: the estimate at the final design.
+        trajectory: one row per outer step (step, F, F_se, grad_norm, every coordinate x0, x1,
+            ..., diagnostics, projection, attempts, trusted), a pandas DataFrame.
+        stop_reason: steps | grad_tol | patience | sampler_trouble.
+        estimate: the last ``Estimate`` (at the final design): ``.to_inference_data()``.
+        state: the loop's ``OuterState`` (``placement.loop``), to continue from.
+    """
+
+    X: np.ndarray
+    X0: np.ndarray
+    F: float
+    F_se: float
+    trajectory: Any
+    stop_reason: str
+    objective: str
+    direction: str
+    estimate: Estimate | None = None
+    state: Any = field(default=None, repr=False)
+
+    def to_inference_data(self, **kwargs):
+        """The posterior at the final design (see ``Estimate.to_inference_data``)."""
+        if self.estimate is None:
+            raise PlacementError("no step ran in this call, so there is no estimate at the final design.")
+        return self.estimate.to_inference_data(**kwargs)
+
+    def plot(self, axes=None):
+        """Two panels: the points' coordinates over the steps, and F +- 2 SE over the steps.
+        Returns the matplotlib figure."""
+        import matplotlib.pyplot as plt
+
+        df = self.trajectory
+        if axes is None:
+            fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        else:
+            fig = axes[0].figure
+        cols = [c for c in df.columns if c[0] == "x" and c[1:].split("_")[0].isdigit()]
+        for c in cols:
+            axes[0].plot(df["step"], df[c], lw=1)
+        axes[0].set_xlabel("outer step")
+        axes[0].set_ylabel("point coordinate")
+        axes[0].set_title("design points")
+        axes[1].plot(df["step"], df["F"], color="C0")
+        axes[1].fill_between(df["step"], df["F"] - 2 * df["F_se"], df["F"] + 2 * df["F_se"], color="C0", alpha=0.3,
+                             label="+- 2 SE")
+        axes[1].set_xlabel("outer step")
+        axes[1].set_ylabel(self.objective)
+        axes[1].set_title(f"{self.objective} ({self.direction})")
+        axes[1].legend()
+        fig.tight_layout()
+        return fig
+
+
+def _optimizer(cfg, optimizer, learning_rate, optimizer_options):
+    """The optax transform: a config node built from the yaml group, or the object given."""
+    import optax
+
+    if isinstance(optimizer, optax.GradientTransformation):
+        if learning_rate is not None or optimizer_options:
+            raise PlacementError("learning_rate and optimizer_options apply to a named optimizer; an optax "
+                                 "transform given as optimizer= carries its own settings.")
+        return optimizer
+    values = dict(optimizer_options or {})
+    if learning_rate is not None:
+        values["learning_rate"] = learning_rate
+    settings.set_keys(cfg.optimizer, values, f"optimizer={optimizer}")
+    return settings.instantiate(cfg.optimizer, "optimizer")
+
+
+def relocate(model, objective: str | None = None, *, steps: int = 50, direction: str = "minimize",
+             optimizer: Any = "adam", learning_rate: float | None = None, optimizer_options: dict | None = None,
+             constraints: Any = None, sampler: Any = "importance_run", seed: int = 0, X0=None, design: str = "X",
+             observed: str | None = "y", grad_tol: float = 0.0, patience: int = 0,
+             retry: RetryConfig | dict | None = None, gradient_check: str = "error", progress: bool = True,
+             **sampler_options) -> Relocation:
+    """Relocate the design along dF/dX: the outer loop of ``placement run``.
+
+    Each step estimates F and dF/dX at X (the sampler continues from the previous step's
+    state), takes one optimizer step (descent for ``minimize``, ascent for ``maximize``) and
+    projects X onto the constraints.
+
+    Args:
+        model: a ``pm.Model`` (or a ``Problem``); objective, design, observed: as in ``gradient``.
+        steps: outer steps at most. direction: "minimize" or "maximize" F.
+        optimizer: a name from ``conf/optimizer/`` (adam, sgd, momentum, rmsprop) or an optax
+            ``GradientTransformation``. learning_rate: its step size (default: the yaml's, 0.1).
+        optimizer_options: further settings of a named optimizer (schedule_kind, clip_norm, ...).
+        constraints: ``placement.constraints.Constraints`` or a dict with keys lower, upper,
+            min_spacing, fixed, max_step (default: none).
+        sampler, **sampler_options: as in ``gradient`` (default: importance_run, the run default).
+        seed: random seed; step k uses ``fold_in(seed, k)``.
+        X0: the starting design (default: the model's own).
+        grad_tol, patience: stopping rules (0 = off): |dF/dX| below grad_tol; F unchanged beyond
+            2 SE for ``patience`` steps.
+        retry: ``RetryConfig`` or a dict of its fields.
+        progress: show a progress bar (tqdm; a widget in notebooks).
+    """
+    import pandas as pd
+
+    from placement.constraints import check_design_in_bounds
+    from placement.loop import Progress, initial_state, run_loop
+
+    choices = {}
+    if isinstance(sampler, str):
+        choices["sampler"] = sampler
+    if isinstance(optimizer, str):
+        choices["optimizer"] = optimizer
+    cfg = settings.compose("run", choices)
+    settings.set_keys(cfg, {"steps": steps, "seed": seed, "gradient_check": gradient_check}, "run")
+    settings.set_keys(cfg.objective, {"direction": direction}, "objective")
+    settings.set_keys(cfg.stop, {"grad_tol": grad_tol, "patience": patience}, "stop")
+    if isinstance(retry, dict):
+        settings.set_keys(cfg.retry, retry, "retry")
+    loop_cfg = settings.loop_config(cfg)
+    if retry is not None and not isinstance(retry, dict):
+        loop_cfg = dataclasses.replace(loop_cfg, retry=settings.retry_config(retry))
+    if gradient_check not in ("error", "untrusted", "off"):
+        raise PlacementError(f"gradient_check must be error, untrusted or off; got {gradient_check!r}.")
+    if isinstance(sampler, str):
+        settings.set_keys(cfg.sampler, sampler_options, f"sampler={sampler}")
+        sampler_cfg = settings.instantiate(cfg.sampler, "sampler")
+    else:
+        sampler_cfg = settings.sampler_config(sampler, **sampler_options)
+    tx = _optimizer(cfg, optimizer, learning_rate, optimizer_options)
+    cons = settings.constraints_from(constraints)
+    if isinstance(model, Problem):
+        problem = model
+    else:
+        _check_model(model, design, X0)
+        problem = problem_from_model(model, objective, design, observed)
+    jm = problem.jm
+    X0 = jm.X if X0 is None else check_design(X0, jm)
+    check_design_in_bounds(X0, cons)
+    engine = Engine(jm, sampler_cfg, gradient_check=gradient_check)
+    state = initial_state(engine, X0, tx, seed)
+    bar = Progress(loop_cfg.steps, enabled=progress, desc="placement.relocate")
+    last = {}
+
+    def on_step(st, est):
+        last["est"] = est
+        bar(st, est)
+
+    try:
+        state = run_loop(engine, state, tx, cons, loop_cfg, on_step=on_step)
+    finally:
+        bar.close()
+    rows = pd.DataFrame(state.rows)
+    est = last.get("est")
+    X = np.asarray(state.X)
+    return Relocation(X=X, X0=np.asarray(X0), F=float(rows["F"].iloc[-1]), F_se=float(rows["F_se"].iloc[-1]),
+                      trajectory=rows, stop_reason=state.stop_reason, objective=jm.objective_name,
+                      direction=direction, estimate=None if est is None else _estimate(engine, est, X, jm.y_at(X)),
+                      state=state)

@@ -29,6 +29,26 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
+EXIT_INTERRUPT = 130  # SIGINT / Ctrl-C (128 + 2, as shells report it)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15): a scheduler's or `timeout`'s stop
+
+
+def _interrupted(cmd: str, e: BaseException, run_dir: Path, created: bool) -> None:
+    """Stop on Ctrl-C or SIGTERM. ``run`` keeps its folder (checkpoint.pkl is whole: written
+    atomically after each step) and says how to resume; ``gradient`` and ``suggest`` write
+    their results only at the end, so a folder they created is removed."""
+    code = EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPT
+    what = "terminated (SIGTERM)" if code == EXIT_TERMINATED else "interrupted"
+    if cmd == "run" and (run_dir / "checkpoint.pkl").exists():
+        print(f"{what}; the last completed step is saved. Continue with: placement {cmd} "
+              f"resume=true hydra.run.dir={run_dir} (and the same overrides)", file=sys.stderr)
+    else:
+        if created and run_dir.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"{what}; nothing was written.", file=sys.stderr)
+    sys.exit(code)
+
+
 def _usage() -> str:
     lines = ["usage: placement <command> [key=value ...]", "", "commands:"]
     lines += [f"  {name:10s} {doc}" for name, doc in COMMANDS.items()]
@@ -53,16 +73,6 @@ def _enable_compile_cache(cfg) -> None:
         enable_compile_cache(min_compile_time_secs=0.0)
 
 
-def _retry_cfg(cfg):
-    from placement.errors import PlacementError
-    from placement.retry import RetryConfig
-
-    try:
-        return RetryConfig(**dict(cfg.get("retry") or {}))
-    except TypeError as e:
-        raise PlacementError(f"retry: {e}; see conf/run.yaml for the keys.") from None
-
-
 def _run_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -73,8 +83,11 @@ def _gradient(cfg) -> None:
     import numpy as np
     from hydra.utils import instantiate
 
+    from placement import budget
     from placement.api import build_problem, gradient
     from placement.io import write_json
+    from placement.progress import Reporter
+    from placement.settings import retry_config
 
     t0 = time.perf_counter()
     _enable_compile_cache(cfg)
@@ -82,9 +95,14 @@ def _gradient(cfg) -> None:
     kernel = instantiate(cfg.kernel)
     problem = build_problem(cfg.problem, kernel, cfg.objective.name)
     X = None if cfg.get("X") is None else list(cfg.X)
-    retry = _retry_cfg(cfg)
-    est = gradient(problem, sampler_cfg, X=X, seed=int(cfg.seed), retry=retry,
-                   gradient_check=str(cfg.get("gradient_check", "error")))
+    retry = retry_config(cfg.get("retry"))
+    reporter = Reporter("gradient", "draws", "auto")
+    try:
+        with budget.scope(cfg.get("max_seconds"), progress=reporter):
+            est = gradient(problem, sampler=sampler_cfg, X=X, seed=int(cfg.seed), retry=retry,
+                           gradient_check=str(cfg.get("gradient_check", "error")))
+    finally:
+        reporter.close()
     seconds = time.perf_counter() - t0
     d = est.diagnostics
     problems = list(d.get("warnings", []))
@@ -105,12 +123,16 @@ def _gradient(cfg) -> None:
         "actions": d.get("actions", ""),
         "sampler": d.get("sampler"),
         "objective": problem.jm.objective_name,
+        "cut_short": d.get("cut_short"),  # "max_seconds": the time budget ended the extra draws
         "diagnostics": d,
     }
     out = write_json(_run_dir() / "gradient.json", result)
     print(_table(Xused, est))
     print(f"sampler={d.get('sampler')}  draws={d.get('num_draws')}  relative SE={d.get('rel_se', float('nan')):.3g}  "
           f"seconds={seconds:.2f}  -> {out}")
+    if d.get("cut_short"):
+        print(f"WARNING: cut short by max_seconds={cfg.max_seconds}: the estimate uses the draws made by then.",
+              file=sys.stderr)
     if d.get("target_note"):
         print(f"WARNING: {d['target_note']}", file=sys.stderr)
     if d.get("note"):
@@ -163,15 +185,15 @@ def _run(cfg) -> None:
     import numpy as np
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
-    from tqdm import tqdm
 
-    from placement import plots
-    from placement.api import build_problem, check_design, predictive_summary
-    from placement.constraints import Constraints, check_design_in_bounds
+    from placement import plots, settings
+    from placement.api import build_problem, check_design, posterior_of, predictive_summary
+    from placement.constraints import check_design_in_bounds
     from placement.engine import Engine
     from placement.errors import PlacementError
+    from placement.inference_data import write_netcdf
     from placement.io import write_atomic, write_csv, write_json
-    from placement.loop import LoopConfig, initial_state, load_checkpoint, outer_step, save_checkpoint
+    from placement.loop import Progress, initial_state, load_checkpoint, row_text, run_loop, save_checkpoint
     from placement.problems import domain_points
 
     t0 = time.perf_counter()
@@ -191,16 +213,19 @@ def _run(cfg) -> None:
     sampler_cfg = instantiate(cfg.sampler)
     kernel = instantiate(cfg.kernel)
     steps = int(cfg.steps)
-    loop_cfg = LoopConfig(steps=steps, direction=cfg.objective.direction, grad_tol=float(cfg.stop.grad_tol),
-                          patience=int(cfg.stop.patience), retry=_retry_cfg(cfg))
+    loop_cfg = settings.loop_config(cfg)
+    if cfg.get("max_seconds"):
+        import dataclasses
+
+        from placement.budget import check_seconds
+
+        check_seconds(cfg.max_seconds)
+        loop_cfg = dataclasses.replace(loop_cfg, max_seconds=float(cfg.max_seconds))
     optimizer = instantiate(cfg.optimizer)
     problem = build_problem(cfg.problem, kernel, cfg.objective.name)
     jm = problem.jm
     domain = (cfg.problem.get("args") or {}).get("domain")
-    lo = cfg.constraints.lower if cfg.constraints.lower is not None else (None if domain is None else _lo_hi(domain, 0))
-    hi = cfg.constraints.upper if cfg.constraints.upper is not None else (None if domain is None else _lo_hi(domain, 1))
-    constraints = Constraints(lower=lo, upper=hi, min_spacing=float(cfg.constraints.min_spacing),
-                              fixed=tuple(int(i) for i in cfg.constraints.fixed), max_step=cfg.constraints.max_step)
+    constraints = settings.constraints_from(cfg.constraints, domain)
     X0 = jm.X if cfg.get("X0") is None else check_design(list(cfg.X0), jm)
     check_design_in_bounds(np.asarray(X0), constraints)
     engine = Engine(jm, sampler_cfg, gradient_check=str(cfg.get("gradient_check", "error")))
@@ -214,19 +239,22 @@ def _run(cfg) -> None:
     else:
         state = initial_state(engine, X0, optimizer, int(cfg.seed))
     write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    bar = tqdm(total=steps, initial=state.step, desc="placement run", unit="step", dynamic_ncols=True,
-               disable=None if sys.stderr.isatty() else True)
-    while state.stop_reason is None:
-        state = outer_step(engine, state, optimizer, constraints, loop_cfg)
+    tty = sys.stderr.isatty()
+    bar = Progress(steps, initial=state.step, enabled=None if tty else False, notebook=False)
+    last = {}
+
+    def on_step(state, est):  # the loop is placement.loop.run_loop, as in placement.relocate
         save_checkpoint(ckpt, state, fingerprint)
         write_csv(run_dir / "trajectory.csv", state.rows)
-        r = state.rows[-1]
-        bar.update(1)
-        bar.set_postfix_str(f"F={r['F']:.5g}+-{r['F_se']:.2g} |g|={r['grad_norm']:.2g} {r['step_seconds']:.2f}s/step")
-        if not sys.stderr.isatty() and (state.step % 10 == 0 or state.stop_reason):
-            print(f"step {r['step']}: F={r['F']:.6g} +- {r['F_se']:.2g}  |dF/dX|={r['grad_norm']:.3g}  "
-                  f"{r['step_seconds']:.2f}s", file=sys.stderr)
-    bar.close()
+        last["estimate"] = est
+        bar(state)
+        if not tty and (state.step % 10 == 0 or state.stop_reason):
+            print(f"step {state.rows[-1]['step']}: {row_text(state.rows[-1])}", file=sys.stderr)
+
+    try:
+        state = run_loop(engine, state, optimizer, constraints, loop_cfg, on_step=on_step)
+    finally:
+        bar.close()
     final = state.rows[-1]
     X_final = np.asarray(state.X)
     result = {
@@ -238,6 +266,10 @@ def _run(cfg) -> None:
         "retried_steps": [r["step"] for r in state.rows if r.get("attempts", 1) > 1],
         "settings": resolved, "versions": _versions(),
     }
+    est = last.get("estimate")  # made at the final design: X does not move on the last step
+    if est is not None and est.sample is not None and est.diagnostics.get("sampler") != "map":
+        idata = posterior_of(engine, est, X_final, jm.y_at(X_final))
+        result["posterior"] = str(write_netcdf(idata, run_dir / "posterior.nc"))
     if cfg.plots:
         plots.points_over_steps(state.rows, run_dir / "points.png")
         plots.objective_band(state.rows, run_dir / "objective.png", cfg.objective.name)
@@ -267,13 +299,6 @@ def _run(cfg) -> None:
         sys.exit(3)
 
 
-def _lo_hi(domain, i):
-    import numpy as np
-
-    box = np.atleast_2d(np.asarray(list(domain) if not hasattr(domain, "__len__") else [list(d) if hasattr(d, "__len__") else d for d in domain], dtype=float))
-    return box[:, i].tolist() if box.shape[0] > 1 else float(box[0, i])
-
-
 def json_dumps(obj) -> str:
     import json
 
@@ -288,7 +313,7 @@ def _suggest(cfg) -> None:
     from omegaconf import OmegaConf
 
     from placement.errors import PlacementError
-    from placement.suggest import SuggestConfig, read_table, suggest_arrays
+    from placement.suggest import SuggestConfig, read_table, suggest_arrays, suggestions_frame
 
     t0 = time.perf_counter()
     _enable_compile_cache(cfg)
@@ -302,27 +327,31 @@ def _suggest(cfg) -> None:
         raise PlacementError(f"y_column must be one column name; got {plain(cfg.y_column)!r}.")
     X, y, names = read_table(cfg.data, None if x_columns is None else [str(c) for c in x_columns], str(cfg.y_column))
     kname = next((n for n, c in KERNELS.items() if c.__name__ == cfg.kernel._target_.rsplit(".", 1)[-1]), "matern52")
+    kopts = {o: plain(cfg.kernel[o]) for o in ("alpha", "period") if o in cfg.kernel}
+    pending = cfg.get("pending", None)
     scfg = SuggestConfig(k=cfg.k, criterion=str(cfg.criterion), kernel=kname, seed=cfg.seed,
-                         sampler=_suggest_mode(cfg.sampler), **{k: v for k, v in cfg.search.items()})
-    pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg)  # its first step, prepare(), checks everything
-    out = pd.DataFrame(pts, columns=names)
-    out["pred_mean"] = info["pred_mean"]
-    out["pred_sd"] = info["pred_sd"]
-    out[f"{scfg.criterion}_before"] = info["before"]
-    out[f"{scfg.criterion}_after"] = info["after"]
+                         sampler=_suggest_mode(cfg.sampler), max_seconds=cfg.get("max_seconds") or 0.0,
+                         max_memory=plain(cfg.get("max_memory")), progress="auto",
+                         **kopts, **{k: v for k, v in cfg.search.items()})
+    pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg, None if pending is None else str(pending), names)
+    out = suggestions_frame(pts, names, info)
     run_dir = _run_dir()
     write_atomic(run_dir / "suggestions.csv", out.to_csv(index=False))
     seconds = time.perf_counter() - t0
     write_json(run_dir / "suggest.json", {"suggestions": pts, "criterion": scfg.criterion, "before": info["before"],
                                           "after": info["after"], "bounds": info["bounds"], "seconds": seconds,
-                                          "hyper_ess": info["hyper_ess"], "versions": _versions()})
+                                          "hyper_ess": info["hyper_ess"], "pending": info["pending"],
+                                          "cut_short": info["cut_short"], "versions": _versions()})
     from placement.plots import suggestion_plot
 
-    suggestion_plot(X, y, pts, info, scfg.kernel, run_dir / "suggestions.png", names)
+    suggestion_plot(X, y, pts, info, info["kernel"], run_dir / "suggestions.png", names)
     with pd.option_context("display.width", 120, "display.precision", 4):
         print(out.to_string(index=False))
     print(f"{scfg.criterion}: {info['before']:.4g} now -> {info['after']:.4g} after the batch (normalised units); "
           f"{seconds:.1f} s -> {run_dir / 'suggestions.csv'}")
+    if info["cut_short"]:
+        print(f"WARNING: cut short by max_seconds={scfg.max_seconds:g}: the best batch the search had found by then "
+              "(cut_short in suggest.json).", file=sys.stderr)
 
 
 def _suggest_mode(sampler_cfg) -> str:
@@ -382,9 +411,14 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"configuration: {str(e).splitlines()[0]} (set it on the command line, e.g. data=FILE).",
                   run_dir, created)
         except (KeyboardInterrupt, _Terminated) as e:
-            print(f"interrupted; the last completed step is saved. Continue with: placement {cmd} "
-                  f"resume=true hydra.run.dir={run_dir} (and the same overrides)", file=sys.stderr)
-            sys.exit(143 if isinstance(e, _Terminated) else 130)
+            _interrupted(cmd, e, run_dir, created)
+        except Exception as e:  # an allocation failure that planning did not foresee: one message, no traceback
+            from placement.memory import is_oom, oom_error
+
+            if not is_oom(e):
+                raise
+            _fail(str(oom_error(e, f"placement {cmd}", "Set a smaller problem or batch, or raise max_memory.")),
+                  run_dir, created)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.argv = [f"placement-{cmd}"] + rest
@@ -392,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
     except (KeyboardInterrupt, _Terminated) as e:  # before the task started: nothing was written
         print("interrupted before any work was done.", file=sys.stderr)
-        return 143 if isinstance(e, _Terminated) else 130
+        return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPT
     return 0
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from placement import gradcheck, precision, samplers
+from placement import budget, gradcheck, precision, samplers
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate, Sample, estimate, normalised_weights, shared_terms
 from placement.model import JaxModel
@@ -65,11 +65,14 @@ class Engine:
         """F and dF/dX at design X with standard errors; returns the new sampler state."""
         t0 = time.perf_counter()
         X, y = self._xy(X, y)
-        state, sample = self.sampler.draw(key, state, X, y)
+        try:  # the first estimate is all or nothing; a time budget (placement.budget) may only cut what follows
+            state, sample = self.sampler.draw(key, state, X, y)
+            evaluated = None if self.sampler.plug_in is not None else self.terms(jnp.asarray(sample.theta), X, y)
+        except budget.OutOfTime:
+            raise budget.nothing_yet(budget.current().max_seconds, "the first estimate was complete") from None
         if self.sampler.plug_in is not None:
             est = self._plug_in(key, state, sample, X, y)
         else:
-            evaluated = self.terms(jnp.asarray(sample.theta), X, y)
             if self.check_result is None and self.gradient_check != "off":
                 W = None if sample.log_q is None else normalised_weights(evaluated[0], sample.log_q)  # logp is in hand
                 idx = gradcheck.pick_draws(W, sample.theta.shape[0], 8)
@@ -87,7 +90,7 @@ class Engine:
         est.diagnostics["sampler"] = self.kind
         est.diagnostics["num_draws"] = 0 if self.sampler.plug_in is not None else int(sample.theta.shape[0])
         est.diagnostics["seconds"] = time.perf_counter() - t0
-        return state, est
+        return state, est._replace(sample=sample)
 
     def _plug_in(self, key, state, sample, X, y) -> GradientEstimate:
         """A deterministic answer (MAP): no identity, no Monte Carlo error."""
@@ -104,19 +107,26 @@ class Engine:
         """``extend`` batches at the same design until the precision target is met or the
         budget (max_draws, max_seconds) runs out. Every batch has the compiled size."""
         n, i = sample.theta.shape[0], 0
-        out_of_time = lambda: target.max_seconds > 0 and time.perf_counter() - t0 >= target.max_seconds  # noqa: E731
-        batch = n
-        while not precision.reached(est, target) and n + batch <= target.max_draws and not out_of_time():
-            want = min(precision.draws_needed(est, n, target), target.max_draws)
-            while n < want and n + batch <= target.max_draws and not out_of_time():
-                i += 1
-                state, new = self.sampler.extend(jax.random.fold_in(key, 5000 + i), state, X, y)
-                batch = new.theta.shape[0]
-                sample, evaluated = merge(sample, evaluated, new, self.terms(jnp.asarray(new.theta), X, y))
-                n = sample.theta.shape[0]
-            est = estimate(self.terms, sample, X, y, evaluated=evaluated)
+        out_of_time = lambda: ((target.max_seconds > 0 and time.perf_counter() - t0 >= target.max_seconds)  # noqa: E731
+                               or budget.current().passed())
+        batch, cut = n, False
+        try:
+            while not precision.reached(est, target) and n + batch <= target.max_draws and not out_of_time():
+                want = min(precision.draws_needed(est, n, target), target.max_draws)
+                budget.checkpoint(n, want, f"relative SE {precision.rel_se(est):.3g} (target {target.rel_se:g})")
+                while n < want and n + batch <= target.max_draws and not out_of_time():
+                    i += 1
+                    state, new = self.sampler.extend(jax.random.fold_in(key, 5000 + i), state, X, y)
+                    batch = new.theta.shape[0]
+                    sample, evaluated = merge(sample, evaluated, new, self.terms(jnp.asarray(new.theta), X, y))
+                    n = sample.theta.shape[0]
+                est = estimate(self.terms, sample, X, y, evaluated=evaluated)
+        except budget.OutOfTime:  # the batch in flight is dropped; the draws merged so far stand
+            est, cut = estimate(self.terms, sample, X, y, evaluated=evaluated), True
+        if cut or budget.current().passed():
+            est.diagnostics["cut_short"] = "max_seconds"
         if not precision.reached(est, target):
-            est.diagnostics["target_stop"] = "max_seconds" if out_of_time() else "max_draws"
+            est.diagnostics["target_stop"] = "max_seconds" if out_of_time() or cut else "max_draws"
         return state, est, sample
 
     def _self_check(self, key, thetas, s, df, X, y):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax import diagnostics as bjd
 
-from placement import samplers
+from placement import budget, samplers
 from placement.model import JaxModel
 
 Array = jax.Array
@@ -65,6 +65,7 @@ class GradientEstimate(NamedTuple):
     F_se: float
     grad_se: np.ndarray  # shape of X
     diagnostics: dict
+    sample: Any = None  # the draws behind the estimate (a Sample), for placement.inference_data
 
 
 _TERMS: dict = {}
@@ -92,7 +93,8 @@ def shared_terms(jm: JaxModel, batch_size: int | None = None) -> Callable:
 
 
 def _chunked(fn: Callable) -> Callable:
-    # host-side slicing and padding (NumPy): eager jnp ops on new shapes would each compile
+    # host-side slicing and padding (NumPy): eager jnp ops on new shapes would each compile;
+    # each chunk returns to Python, so signals and the time budget act between chunks
     def terms(thetas, X, y):
         thetas = np.asarray(thetas)
         N = thetas.shape[0]
@@ -105,6 +107,8 @@ def _chunked(fn: Callable) -> Callable:
                 t = np.concatenate([t, np.broadcast_to(t[:1], (size - n, t.shape[1]))])
             out = jax.device_get(fn(t, X, y))
             parts.append(tuple(o[:n] for o in out))
+            # between chunks: progress, the time budget (OutOfTime), and Ctrl-C / SIGTERM
+            budget.checkpoint(i + n, N, "draws")
         return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
 
     return terms

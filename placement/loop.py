@@ -20,9 +20,11 @@ import jax
 import numpy as np
 import optax
 
+from placement import budget
 from placement.constraints import Constraints, project
 from placement.engine import Engine
 from placement.errors import PlacementError
+from placement.estimator import GradientEstimate
 from placement.io import write_atomic_bytes
 from placement.retry import RetryConfig, robust_gradient
 
@@ -40,6 +42,7 @@ class LoopConfig:
     grad_tol: float = 0.0
     patience: int = 0
     retry: RetryConfig = field(default_factory=RetryConfig)
+    max_seconds: float = 0.0  # time budget of one step's estimate (0 = none; placement.budget)
 
     def __post_init__(self):
         if self.direction not in ("minimize", "maximize"):
@@ -70,6 +73,8 @@ def _row(step, X, est, seconds, attempts=None):
                step_seconds=seconds)
     if "nuts_ran" in d:
         row["nuts_ran"] = int(d["nuts_ran"])
+    if d.get("cut_short"):
+        row["cut_short"] = d["cut_short"]  # the step's time budget ended the estimate's extra draws
     if attempts is not None:
         row.update(attempts.summary())
     return row
@@ -83,14 +88,23 @@ def initial_state(engine: Engine, X0, optimizer: optax.GradientTransformation, s
 
 
 def outer_step(engine: Engine, state: OuterState, optimizer, constraints: Constraints, cfg: LoopConfig) -> OuterState:
+    """One step (see ``step``), without the estimate."""
+    return step(engine, state, optimizer, constraints, cfg)[0]
+
+
+def step(engine: Engine, state: OuterState, optimizer, constraints: Constraints,
+         cfg: LoopConfig) -> tuple[OuterState, GradientEstimate]:
     """One step: estimate at state.X (retrying with safer sampler settings on trouble),
     record, maybe stop, else update and project X. An estimate that fails every retry is
-    recorded as untrusted and X stays where it is; the sampler starts afresh next step."""
+    recorded as untrusted and X stays where it is; the sampler starts afresh next step.
+    Returns the new state and the estimate made at ``state.X`` (on the last step of a run,
+    the final design: X does not move once a stopping rule fires)."""
     t0 = time.perf_counter()
     X = state.X
     k = jax.random.fold_in(state.key, state.step)
     y = engine.jm.y_at(X)
-    sstate, est, attempts = robust_gradient(engine, k, state.sampler_state, X, y, cfg.retry)
+    with budget.scope(cfg.max_seconds):
+        sstate, est, attempts = robust_gradient(engine, k, state.sampler_state, X, y, cfg.retry)
     rows = state.rows + [_row(state.step, X, est, 0.0, attempts)]
     stalled, untrusted = state.stalled, 0
     if not attempts.trusted:
@@ -118,7 +132,7 @@ def outer_step(engine: Engine, state: OuterState, optimizer, constraints: Constr
     rows[-1]["projection"] = refused or ""  # why the step was refused (X stays put), else ""
     rows[-1]["step_seconds"] = time.perf_counter() - t0
     return OuterState(state.step + 1, X_new, jax.device_get(opt_state), jax.device_get(sstate), state.key, rows,
-                      stalled, stop, untrusted)
+                      stalled, stop, untrusted), est
 
 
 def save_checkpoint(path: Path, state: OuterState, fingerprint: str = "") -> None:
@@ -146,10 +160,47 @@ def load_checkpoint(path: Path) -> tuple[OuterState, str]:
 
 
 def run_loop(engine: Engine, state: OuterState, optimizer, constraints: Constraints, cfg: LoopConfig,
-             on_step: Callable[[OuterState], None] | None = None) -> OuterState:
-    """Run outer steps until a stopping rule fires; ``on_step`` sees every new state."""
+             on_step: Callable[[OuterState, GradientEstimate], None] | None = None) -> OuterState:
+    """Run outer steps until a stopping rule fires. ``on_step(state, estimate)`` sees every
+    new state and the estimate behind its last row (checkpoints, progress, output files): the
+    command line and the Python API both run this function."""
     while state.stop_reason is None:
-        state = outer_step(engine, state, optimizer, constraints, cfg)
+        state, est = step(engine, state, optimizer, constraints, cfg)
         if on_step is not None:
-            on_step(state)
+            on_step(state, est)
     return state
+
+
+def row_text(row: dict) -> str:
+    """A trajectory row in a few words, for progress bars and logs."""
+    return f"F={row['F']:.5g}+-{row['F_se']:.2g} |g|={row['grad_norm']:.2g} {row['step_seconds']:.2f}s/step"
+
+
+class Progress:
+    """A tqdm bar over outer steps, as an ``on_step`` callback. ``notebook=True`` picks tqdm's
+    notebook widget when one can be shown (``tqdm.auto``); ``enabled=None`` shows the bar only
+    on a terminal."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool | None = True, notebook: bool = True,
+                 desc: str = "placement run"):
+        from tqdm import tqdm
+
+        kw = dict(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                  disable=None if enabled is None else not enabled)
+        self.bar = None
+        if notebook:
+            from tqdm.auto import tqdm as auto
+
+            try:
+                self.bar = auto(**kw)
+            except ImportError:  # a notebook without ipywidgets: tqdm's text bar instead
+                pass
+        if self.bar is None:
+            self.bar = tqdm(**kw)
+
+    def __call__(self, state: OuterState, est=None) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(row_text(state.rows[-1]))
+
+    def close(self) -> None:
+        self.bar.close()

@@ -202,7 +202,7 @@ def test_closed_form_hyperparameter_density_matches_the_pymc_model():
     the PyMC model's log density, Jacobians included; the closed-form gradient and the
     observed information agree with autodiff."""
     from placement.model import from_pymc
-    from placement.suggest import _hyper_score, hyper_logdensity, suggest_model
+    from placement.suggest.hyper import _hyper_score, hyper_logdensity, suggest_model
 
     rng = np.random.default_rng(6)
     X, y = rng.uniform(0, 1, (7, 2)), rng.normal(size=7)
@@ -228,17 +228,18 @@ def test_newton_mode_matches_the_laplace_fit(monkeypatch, subset):
     the data exceed SUBSET points) lands on the mode and curvature that make_laplace
     (L-BFGS from four starts, autodiff Hessian) finds on all the data."""
     import placement.suggest as S
+    import placement.suggest.hyper as H
     from placement.laplace import make_laplace
 
     if subset:
-        monkeypatch.setattr(S, "SUBSET", subset)
+        monkeypatch.setattr(H, "SUBSET", subset)
     rng = np.random.default_rng(8)
     X = rng.uniform(0, 1, (40, 2))
     y = np.sin(4 * X[:, 0]) + X[:, 1] ** 2 + 0.1 * rng.normal(size=40)
     y = (y - y.mean()) / y.std()
     mode, cov, lp = S.hyper_mode(X, y, "matern52", seed=0)
     lap = make_laplace(functools.partial(S.hyper_logdensity, "matern52"))(
-        jax.random.PRNGKey(0), jnp.asarray(S._initial_theta(2)), jnp.asarray(X), jnp.asarray(y))
+        jax.random.PRNGKey(0), jnp.asarray(H._initial_theta(2)), jnp.asarray(X), jnp.asarray(y))
     assert lp == pytest.approx(float(lap.logp), abs=1e-8)
     np.testing.assert_allclose(mode, np.asarray(lap.mode), atol=1e-5)
     np.testing.assert_allclose(cov, np.asarray(lap.cov), rtol=1e-4, atol=1e-8)
@@ -265,7 +266,7 @@ def test_python_api_returns_a_batch_inside_the_bounds():
     assert list(out.columns[:3]) == ["x", "pred_mean", "pred_sd"]
     assert len(out) == 3 and out["x"].between(0, 10).all()
     assert len(np.unique(np.round(out["x"], 3))) == 3  # a batch, not one point three times
-    assert (out["criterion_after"] < out["criterion_before"]).all()
+    assert (out["expected_total_variance_after"] < out["expected_total_variance_before"]).all()
 
 
 @pytest.fixture

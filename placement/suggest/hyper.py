@@ -1,0 +1,292 @@
+"""Hyperparameter posterior of the GP behind `placement suggest`.
+
+The PyMC model (suggest_model) fixes the priors on normalised inputs and standardised y;
+its log density is written in closed form (hyper_logdensity, tested against the PyMC
+export). The mode by Newton's method with the closed-form observed information (above
+SUBSET points on a subset first, then polished on all the data); M draws by
+Laplace-centred importance sampling resampled by weight ("bayes"), by NUTS on the PyMC
+model ("nuts"), or the mode alone ("map").
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from placement import gpjax
+from placement.errors import PlacementError
+from placement.suggest.config import SUGGEST_SAMPLERS
+from placement.suggest.kernel import as_kernel, kmat, pymc_class
+
+# Priors of suggest_model; the closed form below (_log_prior, _lml) is tested against the
+# PyMC model's exported log density.
+ELL_MU, ELL_SD, ETA_SD, SIGMA_SD = 0.3, 0.2, 1.5, 0.5
+ML_JITTER = 1e-6  # pm.gp.Marginal's default jitter on the marginal likelihood's covariance
+SUBSET = 200  # above this many points the mode search starts on a random subset of this size
+
+
+def suggest_model(Xn, yn, kernel_cls):
+    """GP on normalised inputs and standardised y; weakly informative priors for that scale."""
+    import pymc as pm
+
+    d = Xn.shape[1]
+    with pm.Model() as model:
+        Xd = pm.Data("X", Xn)
+        yd = pm.Data("y", yn)
+        ell = pm.InverseGamma("ell", mu=ELL_MU, sigma=ELL_SD, shape=(d,))
+        eta = pm.HalfNormal("eta", sigma=ETA_SD)
+        sigma = pm.HalfNormal("sigma", sigma=SIGMA_SD)
+        gp = pm.gp.Marginal(cov_func=eta**2 * kernel_cls(d, ls=ell))
+        gp.marginal_likelihood("y_obs", X=Xd, y=yd, sigma=sigma)
+        pm.Deterministic("eta_sq", eta**2)
+    return model
+
+
+def _log_prior(theta):
+    """log prior of suggest_model on the unconstrained scale theta = (log ell (d), log eta,
+    log sigma), log-transform Jacobians included."""
+    from jax.scipy.special import gammaln
+
+    a = 2.0 + ELL_MU**2 / ELL_SD**2  # InverseGamma(mu, sigma) as PyMC parametrises it
+    b = ELL_MU * (ELL_MU**2 + ELL_SD**2) / ELL_SD**2
+    u = theta[:-2]
+    ig = jnp.sum(a * jnp.log(b) - gammaln(a) - (a + 1.0) * u - b * jnp.exp(-u) + u)
+
+    def half_normal(v, s):
+        return 0.5 * jnp.log(2.0 / jnp.pi) - jnp.log(s) - 0.5 * jnp.exp(2.0 * v) / s**2 + v
+
+    return ig + half_normal(theta[-2], ETA_SD) + half_normal(theta[-1], SIGMA_SD)
+
+
+def _cov(kernel, theta, X):
+    d = X.shape[1]
+    K = kmat(kernel, X, X, jnp.exp(theta[:d]), jnp.exp(theta[d]))
+    return K + (jnp.exp(2.0 * theta[d + 1]) + ML_JITTER) * jnp.eye(X.shape[0])
+
+
+def hyper_logdensity(kernel, theta, X, y):
+    """log p(theta, y | X) of suggest_model (unconstrained theta, Jacobian included)."""
+    L = jnp.linalg.cholesky(_cov(kernel, theta, X))
+    z = jax.scipy.linalg.solve_triangular(L, y, lower=True)
+    lml = -0.5 * jnp.sum(z * z) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * y.shape[0] * jnp.log(2.0 * jnp.pi)
+    return jnp.where(jnp.isfinite(lml), lml, -jnp.inf) + _log_prior(theta)
+
+
+def _hyper_score(kernel, theta, X, y):
+    """(log p, gradient, observed information, expected information) at theta, the two
+    informations with the prior's curvature added, in closed form: one Cholesky and one
+    inverse of the n x n covariance and p products with it, instead of reverse- and
+    forward-mode passes through the Cholesky (11 s for the Hessian at n = 1000).
+
+    With D_p = dK/dtheta_p, alpha = K^-1 y and W = alpha alpha^T - K^-1, the log marginal
+    likelihood's gradient is tr(W D_p) / 2, the expected information F_pq = tr(K^-1 D_p
+    K^-1 D_q) / 2 and the observed one (minus the Hessian) (D_p alpha)^T K^-1 (D_q alpha)
+    - F_pq - tr(W D_pq) / 2 (the last term by forward-over-reverse differentiation of
+    tr(W K(theta)) / 2 at fixed W: n x n memory per direction)."""
+    n, d = X.shape
+    K = _cov(kernel, theta, X)
+    L, Kinv = gpjax.chol_inverse(K)
+    alpha = Kinv @ y
+    lml = -0.5 * y @ alpha - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * n * jnp.log(2.0 * jnp.pi)
+    kern = lambda t: kmat(kernel, X, X, jnp.exp(t[:d]), jnp.exp(t[d]))  # noqa: E731
+    D = jax.jacfwd(kern)(theta[: d + 1])  # (n, n, d + 1): dK / d(log ell, log eta)
+    s2 = 2.0 * jnp.exp(2.0 * theta[d + 1])  # dK / d log sigma = s2 I
+    W = jnp.outer(alpha, alpha) - Kinv
+    grad = 0.5 * jnp.concatenate([jnp.einsum("ij,ijp->p", W, D), (s2 * jnp.trace(W))[None]])
+    P = jnp.einsum("ij,jkp->pik", Kinv, D)  # Kinv dK_p
+    F = jnp.zeros((d + 2, d + 2))
+    F = F.at[: d + 1, : d + 1].set(0.5 * jnp.einsum("pij,qji->pq", P, P))
+    cross = 0.5 * s2 * jnp.einsum("pij,ji->p", P, Kinv)
+    F = F.at[: d + 1, d + 1].set(cross).at[d + 1, : d + 1].set(cross)
+    F = F.at[d + 1, d + 1].set(0.5 * s2**2 * jnp.sum(Kinv * Kinv))
+    Da = jnp.concatenate([jnp.einsum("ijp,j->ip", D, alpha), (s2 * alpha)[:, None]], 1)  # (n, p): D_p alpha
+    Wc = jax.lax.stop_gradient(W)
+    second = jax.hessian(lambda t: 0.5 * jnp.sum(Wc * _cov(kernel, t, X)))(theta)  # tr(W D_pq) / 2
+    obs = Da.T @ Kinv @ Da - F - second
+    lp, gp_ = jax.value_and_grad(_log_prior)(theta)
+    Hp = jax.hessian(_log_prior)(theta)
+    sym = lambda A: 0.5 * (A + A.T)  # noqa: E731
+    return lml + lp, grad + gp_, sym(obs - Hp), sym(F - Hp)
+
+
+def _floored_inverse(H):
+    """Inverse of a curvature matrix with its eigenvalues floored at 1/9 (as make_laplace)."""
+    evals, evecs = np.linalg.eigh(0.5 * (H + H.T))
+    evals = np.where(np.isfinite(evals), np.maximum(evals, 1.0 / 9.0), 1.0 / 9.0)
+    return (evecs / evals) @ evecs.T
+
+
+@functools.lru_cache(maxsize=16)
+def _closed_tools(kernel):
+    """Jitted closed-form pieces for one kernel (shapes recompile on their own)."""
+    kernel = as_kernel(kernel)
+    from placement.importance import ISConfig, proposal_logpdf, proposal_sample
+
+    logp = functools.partial(hyper_logdensity, kernel)
+    score = jax.jit(functools.partial(_hyper_score, kernel))
+    cfg = ISConfig(pilot="laplace")
+
+    @functools.partial(jax.jit, static_argnames=("num",))
+    def is_round(key, prop, X, y, num):
+        """One round of importance draws: (next key, num draws, their log weights)."""
+        key, sub = jax.random.split(key)
+        th = proposal_sample(sub, prop, num, cfg)
+        lw = jax.lax.map(lambda t: logp(t, X, y), th, batch_size=4) - proposal_logpdf(prop, th, cfg)
+        return key, th, lw
+
+    return score, jax.jit(logp), is_round
+
+
+def _initial_theta(d):
+    return np.concatenate([np.full(d, np.log(ELL_MU)), [0.0, np.log(0.3)]])
+
+
+def _newton(score, logp, theta, X, y, max_iter=30, tol=1e-8):
+    """Newton ascent on log p from theta: the observed information where it is positive
+    definite, else the expected one (Fisher scoring, always positive definite), eigenvalues
+    floored at 1/9; each step halved until log p does not fall. Stops when the Newton
+    decrement g^T H^-1 g is under tol. Returns (theta, log p, observed information)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
+    for _ in range(max_iter):
+        if not (np.isfinite(lp) and np.all(np.isfinite(g))):
+            break
+        ok = np.all(np.isfinite(H)) and np.linalg.eigvalsh(H).min() > 0
+        step = _floored_inverse(H if ok else F) @ g
+        if not np.all(np.isfinite(step)) or float(g @ step) < tol:
+            break
+        for _half in range(12):  # backtrack until the log density does not fall
+            new = theta + step
+            lp_new = float(logp(jnp.asarray(new), X, y))
+            if np.isfinite(lp_new) and lp_new >= lp - 1e-10 * abs(lp):
+                break
+            step = 0.5 * step
+        else:
+            break
+        theta = new
+        lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
+    return theta, float(lp), H
+
+
+def hyper_mode(Xn, yn, kernel, seed: int = 0, num_starts: int = 4, jitter: float = 1.5):
+    """(mode, covariance, log p) of the unconstrained hyperparameter posterior.
+
+    Newton's method (_newton: closed-form gradient and observed information) from four
+    starts (the default and three jittered by up to +-jitter in every coordinate, as
+    make_laplace) on up to SUBSET points; beyond that many, on a random subset of SUBSET
+    points, the best end then polished by Newton on all the data (a few n^3 steps from a
+    nearby start). The covariance is the inverse of the observed information at the mode,
+    eigenvalues floored at 1/9 (as make_laplace)."""
+    score, logp, _ = _closed_tools(kernel)
+    n, d = Xn.shape
+    rng = np.random.default_rng(seed)
+    theta0 = _initial_theta(d)
+    starts = theta0 + np.concatenate([np.zeros((1, d + 2)), rng.uniform(-jitter, jitter, (num_starts - 1, d + 2))])
+    idx = np.arange(n) if n <= SUBSET else np.sort(rng.choice(n, SUBSET, replace=False))
+    Xs, ys = jnp.asarray(Xn[idx]), jnp.asarray(yn[idx])
+    ends = [_newton(score, logp, t, Xs, ys) for t in starts]
+    lps = np.array([e[1] if np.isfinite(e[1]) else -np.inf for e in ends])
+    theta, lp, H = ends[int(np.argmax(lps))]
+    if n > SUBSET:
+        theta, lp, H = _newton(score, logp, theta, jnp.asarray(Xn), jnp.asarray(yn))
+    return theta, _floored_inverse(H), float(lp)
+
+
+def _constrain(theta):
+    t = np.exp(np.asarray(theta, dtype=np.float64))
+    return t[..., :-2], t[..., -2], t[..., -1]
+
+
+def _importance(Xn, yn, kernel, mode, cov, seed, num):
+    """Self-normalised importance sampling of the hyperparameter posterior with a
+    Laplace-centred heavy-tailed proposal (importance.ISConfig's Student-t mixture): draws in
+    rounds of 256 (64 above SUBSET points, where each draw costs an n x n Cholesky, so the
+    draws stop nearer the target) until the weights' ESS reaches 4 num (at least 64) or 4096
+    draws, fewer rounds when the data make each draw dear (at least min(4096, 4096
+    (200/n)^3) draws).
+    A round whose ESS is under 10% of its draws re-fits the proposal to the weighted draws
+    and starts afresh. Returns (theta (N, p), normalised weights (N,))."""
+    from placement.importance import proposal_from_moments
+
+    _, _, is_round = _closed_tools(kernel)
+    n = Xn.shape[0]
+    X, y = jnp.asarray(Xn), jnp.asarray(yn)
+    rnd, cap = (256 if n <= SUBSET else 64), 4096
+    least = int(min(cap, max(rnd, rnd * np.ceil(cap * min(1.0, (SUBSET / n) ** 3) / rnd))))
+    target = max(4 * num, 64)
+    prop = proposal_from_moments(jnp.asarray(mode), jnp.asarray(cov))
+    key = jax.random.PRNGKey(seed + 7)
+    thetas, logw, used = [], [], 0
+    while True:
+        key, th, lw = is_round(key, prop, X, y, rnd)
+        lw = np.asarray(lw)
+        thetas.append(np.asarray(th))
+        logw.append(np.where(np.isfinite(lw), lw, -np.inf))
+        used += rnd
+        T, LW = np.concatenate(thetas), np.concatenate(logw)
+        W = np.exp(LW - LW.max())
+        W /= W.sum()
+        ess = 1.0 / np.sum(W**2)
+        if used >= cap or (ess >= target and used >= least):
+            return T, W
+        if ess < 0.1 * len(W):
+            mean = W @ T
+            c = (W[:, None] * (T - mean)).T @ (T - mean)
+            new = proposal_from_moments(jnp.asarray(mean), jnp.asarray(c))
+            if np.all(np.isfinite(np.asarray(new.chol))):
+                prop, thetas, logw = new, [], []
+
+
+def hyper_draws(Xn, yn, kernel, num: int, seed: int, sampler: str = "bayes"):
+    """(ell (M, d), eta (M,), sigma (M,), ess): M draws resampled by weight from the
+    importance posterior ("bayes"), M draws thinned evenly from NUTS chains ("nuts", ess is
+    the smallest bulk ESS), or the single posterior mode ("map")."""
+    if sampler not in SUGGEST_SAMPLERS:
+        raise PlacementError(f"sampler must be one of {', '.join(SUGGEST_SAMPLERS)} for suggest; got {sampler!r}.")
+    Xn, yn = np.asarray(Xn, dtype=np.float64), np.asarray(yn, dtype=np.float64)
+    kernel = as_kernel(kernel)
+    if sampler == "nuts":
+        return _nuts_draws(Xn, yn, kernel, num, seed)
+    mode, cov, _ = hyper_mode(Xn, yn, kernel, seed)
+    if sampler == "map":
+        ell, eta, sigma = _constrain(mode[None, :])
+        return ell.reshape(1, -1), eta.reshape(1), sigma.reshape(1), 1.0
+    T, W = _importance(Xn, yn, kernel, mode, cov, seed, num)
+    u = (np.arange(num) + np.random.default_rng(seed).uniform()) / num  # systematic resampling
+    idx = np.minimum(np.searchsorted(np.cumsum(W), u), len(W) - 1)
+    ell, eta, sigma = _constrain(T[idx])
+    return ell.reshape(num, -1), eta.reshape(num), sigma.reshape(num), float(1.0 / np.sum(W**2))
+
+
+@functools.lru_cache(maxsize=16)
+def _hyper_tools(kernel, n: int, d: int):
+    """NUTS on the PyMC model, exported once per (kernel, n, d)."""
+    from placement.engine import Engine
+    from placement.model import from_pymc
+    from placement.nuts import NUTSConfig
+
+    kernel = as_kernel(kernel)
+    placeholder = np.linspace(0.0, 1.0, n * d).reshape(n, d)  # shapes only; data are runtime inputs
+    jm = from_pymc(suggest_model(placeholder, np.zeros(n), pymc_class(kernel)), "eta_sq")
+    return jm, jax.jit(jax.vmap(jm.constrain)), Engine(jm, NUTSConfig(num_chains=4, num_warmup=500, num_draws=500))
+
+
+def _nuts_draws(Xn, yn, kernel, num, seed):
+    from placement.estimator import ess_bulk
+
+    jm, constrain, eng = _hyper_tools(kernel, Xn.shape[0], Xn.shape[1])
+    key = jax.random.PRNGKey(seed)
+    st = eng.init(key, Xn, yn)
+    _, sample = eng.draw(jax.random.fold_in(key, 1), st, Xn, yn)
+    W = eng.sample_weights(sample, Xn, yn)
+    u = (np.arange(num) + np.random.default_rng(seed).uniform()) / num
+    idx = np.minimum(np.searchsorted(np.cumsum(W), u), len(W) - 1)
+    nat = constrain(jnp.asarray(sample.theta[idx]))
+    c = sample.chains
+    ess = float(np.min(np.asarray(ess_bulk(sample.theta.reshape(c, -1, sample.theta.shape[1]), chain_axis=0, sample_axis=1))))
+    return (np.asarray(nat["ell"]).reshape(num, -1), np.asarray(nat["eta"]).reshape(num),
+            np.asarray(nat["sigma"]).reshape(num), ess)
+
