@@ -57,7 +57,7 @@ def methods():
     def is_adapt(c):
         return c.pilot_iters * c.adapt_samples + c.adapt_iters * c.adapt_samples
 
-    old = dict(aim=False, qmc=False, adapt_samples=4096, adapt_iters=2)  # the sampler before issue 10
+    old = dict(aim=False, qmc=False, adapt_samples=4096, adapt_iters=2)  # the earlier default sampler
     out = {}
     for label, cfg in [
         ("importance, default (aim + RQMC, rel_se 0.02)", ISConfig(rel_se=0.02)),

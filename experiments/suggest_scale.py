@@ -1,4 +1,4 @@
-"""Cost of `placement suggest` against the number of data points (issue 11, item 1).
+"""Cost of `placement suggest` against the number of data points.
 
 Synthetic data: n points uniform in [0, 1]^d, y = sum_i sin(3 x_i + i) + 0.5 x_0 x_1 plus
 normal noise (sd 0.1); a batch of k points by `placement.suggest.suggest_arrays` with the

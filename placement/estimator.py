@@ -132,7 +132,7 @@ def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
     def local(thetas, X, y):
         return jax.lax.map(lambda t: one(t, X, y), thetas, batch_size=batch_size)
 
-    devices = jax.local_devices()  # one process's devices (multi-host: see README "Scale")
+    devices = jax.local_devices()  # one process's devices (multi-host: docs/how-to/gpu.md)
     if len(devices) == 1:
         return jax.jit(local)
     from jax.sharding import Mesh, PartitionSpec as P

@@ -24,7 +24,7 @@ Three stages per design X:
    the rest); the standard error comes from the spread of the groups' contributions
    (``placement.estimator.group_se``). ``extend`` adds further groups from the same proposal.
 
-Measured (experiments/seed_gradient.py): see README.
+Measured (experiments/seed_gradient.py): docs/benchmarks.md.
 """
 
 from __future__ import annotations
