@@ -151,8 +151,8 @@ def batch_search(kind, kernel, data: CritData, k: int, d: int, restarts: int, st
     def tick(B, st, v, m, label):
         v = clean(v)
         i = int(np.argmin(v))
-        if v[i] < best["v"] or best["B"] is None:
-            best.update(B=np.asarray(B[i]), v=float(v[i]))
+        if v[i] < best["v"]:  # finite values only: a batch whose criterion is not finite is no answer
+            best.update(B=np.asarray(B)[i], v=float(v[i]))
         best["done"] += m * len(v)
         budget.checkpoint(min(best["done"], total), total, f"{label}, best {best['v']:.4g}")
 

@@ -1,0 +1,101 @@
+"""Time budgets and cut points for long work.
+
+Long compiled work runs in chunks that return to Python; between chunks the driver calls
+``checkpoint(done, total, note)``. That one call is where a time budget ends the work
+(``OutOfTime``), where progress is reported, and - because Python runs signal handlers only
+between bytecodes - where Ctrl-C (KeyboardInterrupt), SIGTERM and a notebook's interrupt take
+effect. A driver that can return a best-so-far answer catches ``OutOfTime`` and marks its
+result cut short; one that cannot lets it rise, and the caller turns it into one
+``PlacementError`` (``nothing_yet``).
+
+The active budget is a context variable (``scope``), like a cancellation scope: the chunk
+loops sit several calls below the API function that knows the budget (a sampler calls the
+identity's terms), and threading a deadline through every sampler signature would change
+them all for one number.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from placement.errors import PlacementError
+
+
+class OutOfTime(Exception):
+    """The time budget ran out at a chunk boundary."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """max_seconds: the budget (inf = none); start: perf_counter() when it began;
+    progress: ``progress(done, total, note)`` called at every checkpoint, or None."""
+
+    max_seconds: float = math.inf
+    start: float = 0.0
+    progress: Callable | None = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return self.max_seconds - self.elapsed()
+
+    def passed(self) -> bool:
+        return self.left() <= 0.0
+
+
+def check_seconds(max_seconds, name: str = "max_seconds") -> float:
+    """A budget setting as seconds: None or 0 = no budget (inf), else a positive number."""
+    if max_seconds is None:
+        return math.inf
+    try:
+        v = float(max_seconds)
+    except (TypeError, ValueError):
+        raise PlacementError(f"{name} must be a number of seconds (0 or null = no limit); got {max_seconds!r}.") from None
+    if isinstance(max_seconds, bool) or math.isnan(v) or v < 0:
+        raise PlacementError(f"{name} must be a number of seconds >= 0 (0 or null = no limit); got {max_seconds!r}.")
+    return math.inf if v == 0 else v
+
+
+_ACTIVE: contextvars.ContextVar[Budget] = contextvars.ContextVar("placement_budget", default=Budget())
+
+
+def current() -> Budget:
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def scope(max_seconds=None, progress: Callable | None = None) -> Iterator[Budget]:
+    """Make a budget of ``max_seconds`` (None/0: none) active for the enclosed work. An inner
+    scope never extends an outer one: the earlier deadline wins. ``progress`` replaces the
+    outer one when given."""
+    outer = _ACTIVE.get()
+    now = time.perf_counter()
+    secs = min(check_seconds(max_seconds), outer.left() if math.isfinite(outer.max_seconds) else math.inf)
+    b = Budget(secs, now, progress if progress is not None else outer.progress)
+    token = _ACTIVE.set(b)
+    try:
+        yield b
+    finally:
+        _ACTIVE.reset(token)
+
+
+def checkpoint(done: float = 0, total: float = 0, note: str = "") -> None:
+    """Between two chunks: report progress, then raise OutOfTime once the budget is spent.
+    (A pending Ctrl-C or SIGTERM has already been raised by the time Python runs this.)"""
+    b = _ACTIVE.get()
+    if b.progress is not None:
+        b.progress(done, total, note)
+    if b.passed():
+        raise OutOfTime(f"the time budget of {b.max_seconds:g} s ran out")
+
+
+def nothing_yet(max_seconds: float, what: str, setting: str = "max_seconds") -> PlacementError:
+    """The error for a budget that ran out before anything usable existed."""
+    return PlacementError(f"{setting}={max_seconds:g} ran out before {what}; nothing usable to return. "
+                          f"Raise {setting} (or set it to 0 for no limit), or make the problem smaller.")

@@ -1,0 +1,161 @@
+"""Long work (issue 15): Ctrl-C and SIGTERM stop a command mid-work with the documented exit code
+and no output folder; a time budget returns the best result so far marked cut short (or an error
+when nothing usable exists); memory is planned from the compiled program before anything runs.
+
+Signals are tested in real processes (each pays the imports and loads its programs from the
+compile cache, ~10 s of CPU for suggest, more for gradient); everything else runs in process on
+small problems."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from placement import budget, memory
+from placement.errors import PlacementError
+from placement.suggest import search, suggest
+
+SMALL = dict(k=2, bounds=[[0, 10]], restarts=8, num_hyper=4, num_fantasies=4, grid=32, progress="off")
+
+
+def _frame(n=12, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 10, n)
+    return pd.DataFrame({"x": x, "y": np.sin(x) + 0.1 * rng.normal(size=n)})
+
+
+# -- in process ------------------------------------------------------------------------------------
+def test_chunked_search_equals_one_call(monkeypatch):
+    """Splitting the steps into many compiled calls (signals and the budget act between them)
+    is the same computation as one call per phase."""
+    monkeypatch.setattr(search, "CALL_SECONDS", 1e9)
+    whole = suggest(_frame(), steps=60, **SMALL)
+    monkeypatch.setattr(search, "CALL_SECONDS", 0.0)  # one step per call
+    chunked = suggest(_frame(), steps=60, **SMALL)
+    np.testing.assert_array_equal(whole.values, chunked.values)
+    assert whole.attrs["cut_short"] is None and chunked.attrs["cut_short"] is None
+
+
+def test_time_budget_returns_the_best_batch_so_far_marked_cut_short():
+    t0 = time.perf_counter()
+    out = suggest(_frame(), steps=10**7, max_seconds=0.5, **SMALL)  # 10^7 steps: hours without the budget
+    assert time.perf_counter() - t0 < 30
+    assert out.attrs["cut_short"] == "max_seconds"
+    assert np.isfinite(out["x"]).all() and ((out["x"] >= 0) & (out["x"] <= 10)).all()
+
+
+def test_budget_settings_and_nesting():
+    assert budget.check_seconds(0) == math.inf and budget.check_seconds(None) == math.inf
+    with pytest.raises(PlacementError, match="max_seconds"):
+        budget.check_seconds(-1)
+    with budget.scope(100):
+        with budget.scope(1000) as inner:  # an inner scope never extends the outer one
+            assert inner.max_seconds <= 100
+    with budget.scope(1e-9), pytest.raises(budget.OutOfTime):
+        time.sleep(0.001)
+        budget.checkpoint()
+    assert "max_seconds=2 ran out before the first estimate" in str(budget.nothing_yet(2, "the first estimate"))
+
+
+def test_memory_too_small_for_one_start_is_one_clear_error():
+    with pytest.raises(PlacementError) as e:
+        suggest(_frame(), steps=20, max_memory=1000, **SMALL)
+    msg = str(e.value)
+    assert "n=12 points" in msg and "needs" in msg and "max_memory allows 1 kB" in msg and "num_fantasies" in msg
+
+
+def test_memory_between_one_and_all_starts_searches_fewer_at_once():
+    """max_memory below what the preferred group of starts needs: the search runs fewer starts
+    at once and returns what the unconstrained search returns."""
+    kw = SMALL  # restarts=8: keep = 2 starts at once
+    free = suggest(_frame(), steps=40, **kw)
+    need = free.attrs["info"]["search_bytes"]
+    assert free.attrs["info"]["search_group"] == 2 and need > 0
+    tight = suggest(_frame(), steps=40, max_memory=int(0.75 * need), **kw)
+    assert tight.attrs["info"]["search_group"] == 1 and tight.attrs["info"]["search_bytes"] <= 0.75 * need
+    np.testing.assert_allclose(tight.values, free.values, rtol=1e-6, atol=1e-9)
+
+
+def test_memory_settings():
+    assert memory.limit("2GB") == 2_000_000_000 and memory.limit("512MiB") == 512 * 2**20
+    assert 0 < memory.limit(0.5) <= memory.available()
+    with pytest.raises(PlacementError, match="max_memory"):
+        memory.limit("lots")
+    err = memory.oom_error(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 32834203928 bytes."),
+                           "the batch search", "Use sampler=map.")
+    assert memory.is_oom(RuntimeError("RESOURCE_EXHAUSTED: x")) and "32.8 GB" in str(err)
+
+
+# -- real processes -----------------------------------------------------------------------------------
+def _start(args, tmp_path):
+    env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path.parent / "jaxcache"))
+    return subprocess.Popen([sys.executable, "-m", "placement.cli", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _signal_mid_work(p, sig, prefix):
+    """Wait for the first progress line (the work is under way, in its chunked loop), send sig;
+    return (seconds from the signal to the exit, stderr)."""
+    seen = []
+    for line in p.stderr:
+        seen.append(line)
+        if line.startswith(prefix):
+            break
+    else:
+        p.wait()
+        raise AssertionError("no progress line before the command ended:\n" + "".join(seen)[-3000:])
+    t = time.perf_counter()
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    return time.perf_counter() - t, "".join(seen) + err
+
+
+# Interrupt latency on a loaded 2-core machine is the chunk in flight (~0.5 s of wall time for
+# the search) plus the interpreter's exit; the bound leaves room for other processes' load.
+LATENCY = 8.0
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_suggest_stops_on_a_signal_mid_search_and_leaves_no_folder(tmp_path, sig, code):
+    _frame(30).to_csv(tmp_path / "d.csv", index=False)
+    out = tmp_path / "out"
+    p = _start(["suggest", "data=d.csv", "k=3", "search.steps=10000000", "search.restarts=4", "search.num_hyper=4",
+                "search.num_fantasies=4", "search.grid=32", f"hydra.run.dir={out}"], tmp_path)
+    seconds, err = _signal_mid_work(p, sig, "suggest:")
+    assert p.returncode == code, err[-3000:]
+    assert seconds < LATENCY, (seconds, err[-2000:])
+    assert "Traceback" not in err and "nothing was written" in err, err[-3000:]
+    assert not out.exists()
+
+
+def test_gradient_stops_on_sigterm_mid_work_and_leaves_no_folder(tmp_path):
+    out = tmp_path / "out"
+    # an unreachable precision target keeps the sampler drawing batch after batch
+    p = _start(["gradient", "sampler.num_samples=2048", "sampler.adapt_samples=1024", "sampler.pilot_iters=4",
+                "sampler.rel_se=1e-9", "sampler.max_draws=1000000000", f"hydra.run.dir={out}"], tmp_path)
+    seconds, err = _signal_mid_work(p, signal.SIGTERM, "gradient:")
+    assert p.returncode == 143, err[-3000:]
+    assert seconds < LATENCY, (seconds, err[-2000:])
+    assert "Traceback" not in err and "nothing was written" in err, err[-3000:]
+    assert not out.exists()
+
+
+def test_suggest_cli_time_budget_marks_the_result_cut_short(tmp_path):
+    from inprocess import placement
+
+    os.environ.setdefault("PLACEMENT_CACHE", str(tmp_path.parent / "jaxcache"))
+    _frame().to_csv(tmp_path / "d.csv", index=False)  # the shapes of the tests above: their compilations serve
+    out = tmp_path / "out"
+    r = placement("suggest", f"data={tmp_path / 'd.csv'}", "k=2", "search.steps=10000000", "search.restarts=8",
+                  "search.num_hyper=4", "search.num_fantasies=4", "search.grid=32", "max_seconds=1",
+                  f"hydra.run.dir={out}")
+    assert r.code == 0, r.show()
+    assert "cut short by max_seconds" in r.err
+    assert json.loads((out / "suggest.json").read_text())["cut_short"] == "max_seconds"
