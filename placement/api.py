@@ -31,7 +31,8 @@ from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
 from placement.model import JaxModel, from_pymc
 from placement.problems import load_builder
-from placement.retry import RetryConfig, robust_gradient
+from placement.predictive import robust_gradient  # retry.robust_gradient; per fantasy in predictive mode
+from placement.retry import RetryConfig
 from placement.simulate import simulator_of, with_simulator
 
 
@@ -41,6 +42,8 @@ class Problem:
 
     name: str
     jm: JaxModel
+    y_mode: str = "fixed"  # fixed | simulator | predictive (placement.predictive)
+    fantasies: Any = None  # predictive.Fantasies in predictive mode
 
 
 def _check_model(model, design: str, X=None) -> None:
@@ -57,7 +60,8 @@ def _check_model(model, design: str, X=None) -> None:
 
 
 def problem_from_model(model, objective: str | None, design: str = "X", observed: str | None = "y",
-                       name: str = "model") -> Problem:
+                       name: str = "model", y_mode: str | None = None, fantasies: int = 8, features: int = 1024,
+                       fantasy_seed: int = 0, simulator: dict | None = None) -> Problem:
     """Export a ``pm.Model`` once to JAX with its design and observed containers as inputs.
 
     Args:
@@ -66,16 +70,63 @@ def problem_from_model(model, objective: str | None, design: str = "X", observed
         design: name of the ``pm.Data`` container holding X, shape (n,) or (n, d).
         observed: name of the ``pm.Data`` container holding y (None when y is a constant).
         name: a label for outputs.
+        y_mode: what y is while X moves (docs/concepts/design-mode.md): "fixed" (y stays
+            attached to its points), "simulator" (y = g(X) + noise e, e fixed) or "predictive"
+            (y drawn from the model's own predictive at X, averaged over ``fantasies`` draws
+            with common random numbers). None: "simulator" for a model built with a simulator
+            (``problems.simulator_gp``), else "fixed".
+        fantasies, features, fantasy_seed: predictive mode: the number J of fantasies, random
+            Fourier features per GP function draw, and the seed of their random numbers.
+        simulator: simulator mode for any model: {"function": name in problems.SIMULATORS or
+            a JAX function of X, "noise": sd, "noise_seed": seed of the fixed noise draw}.
     """
+    from placement import predictive
+
+    if y_mode is not None:
+        predictive.check_y_mode(y_mode)
     _check_model(model, design)
     if not objective:
         names = ", ".join(d.name for d in model.deterministics) or "none"
         raise PlacementError(f"name the objective: objective=... (a Deterministic of the model; it has: {names}).")
+    sim = simulator_of(model) if simulator is None else simulator_spec(simulator, model, design)
+    y_mode = y_mode or ("simulator" if sim is not None else "fixed")
+    if y_mode == "simulator" and sim is None:
+        raise PlacementError("y_mode=simulator needs a function to measure y = g(X) + noise: use a problem built "
+                             "with one (problem=simulator) or pass simulator={'function': ..., 'noise': ...}.")
+    if y_mode == "predictive":
+        predictive.observed_kind(model)  # an unsupported observed distribution fails here, before the export
+        if int(fantasies) < 1:
+            raise PlacementError(f"fantasies must be >= 1; got {fantasies}.")
     jm = from_pymc(model, objective=objective, data=design, observed=observed, extras=("pred_mu", "pred_var"))
-    sim = simulator_of(model)
-    if sim is not None:
-        jm = with_simulator(jm, *sim)
-    return Problem(name, jm)
+    if y_mode == "simulator":
+        return Problem(name, with_simulator(jm, *sim), y_mode)
+    if y_mode == "predictive":
+        return Problem(name, jm, y_mode, predictive.fantasies_for(model, jm, fantasies, fantasy_seed, features))
+    return Problem(name, jm, y_mode)
+
+
+def simulator_spec(simulator: dict, model, design: str) -> tuple:
+    """(function, noise, e) for ``with_simulator`` from {"function", "noise", "noise_seed"}."""
+    if not isinstance(simulator, dict) or "function" not in simulator:
+        raise PlacementError("simulator must be a dict with a 'function' (a name in problems.SIMULATORS or a JAX "
+                             "function of X) and optionally 'noise' and 'noise_seed'.")
+    unknown = set(simulator) - {"function", "noise", "noise_seed"}
+    if unknown:
+        raise PlacementError(f"unknown simulator option {sorted(unknown)[0]!r}; the options are function, noise, "
+                             "noise_seed.")
+    n = np.shape(model[design].get_value())[0]
+    e = np.random.default_rng(int(simulator.get("noise_seed", 0))).normal(size=n)
+    return simulator["function"], float(simulator.get("noise", 0.0)), e
+
+
+def make_engine(problem: Problem, sampler_cfg: Any, gradient_check: str = "error"):
+    """The engine for a problem: an ``Engine``, or a ``predictive.DesignEngine`` over the
+    problem's fantasies in predictive mode."""
+    if problem.fantasies is not None:
+        from placement.predictive import DesignEngine
+
+        return DesignEngine(problem.jm, problem.fantasies, sampler_cfg, gradient_check=gradient_check)
+    return Engine(problem.jm, sampler_cfg, gradient_check=gradient_check)
 
 
 def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = None) -> Problem:
@@ -87,6 +138,7 @@ def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = 
         kernel: covariance class or partial, passed to builders that take ``kernel``.
         objective: name of the model quantity used as f (default: problem_cfg["objective"]).
     """
+    design_mode = design_mode_options(problem_cfg)  # checked before the builder runs
     builder = load_builder(problem_cfg["builder"])
     args = dict(problem_cfg.get("args") or {})
     params = inspect.signature(builder).parameters
@@ -107,8 +159,27 @@ def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = 
     objective = objective or problem_cfg.get("objective")
     if not objective:
         raise PlacementError("no objective named: set objective.name=... (the model's Deterministic to use as f).")
-    problem = problem_from_model(model, objective, problem_cfg.get("data", "X"), problem_cfg.get("observed", "y"))
-    return Problem(problem_cfg.get("name", "custom"), problem.jm)
+    problem = problem_from_model(model, objective, problem_cfg.get("data", "X"), problem_cfg.get("observed", "y"),
+                                 **design_mode)
+    return dataclasses.replace(problem, name=problem_cfg.get("name", "custom"))
+
+
+def design_mode_options(problem_cfg: Any) -> dict:
+    """y_mode, fantasies, features, fantasy_seed and simulator from a problem config, checked."""
+    from omegaconf import OmegaConf
+
+    from placement.predictive import check_y_mode
+
+    out = {}
+    if problem_cfg.get("y_mode") is not None:
+        out["y_mode"] = check_y_mode(str(problem_cfg.get("y_mode")))
+    for key in ("fantasies", "features", "fantasy_seed"):
+        if problem_cfg.get(key) is not None:
+            out[key] = int(problem_cfg.get(key))
+    sim = problem_cfg.get("simulator")
+    if sim is not None:
+        out["simulator"] = OmegaConf.to_container(sim, resolve=True) if OmegaConf.is_config(sim) else dict(sim)
+    return out
 
 
 def predictive_summary(engine: Engine, state, X, key, max_draws: int = 400):
@@ -203,6 +274,23 @@ def posterior_of(engine: Engine, est: GradientEstimate, X, y, num_draws: int | N
     return to_inference_data(est, engine.jm, X, y, weights=weights, num_draws=num_draws, chains=chains, seed=seed)
 
 
+def _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator) -> Problem:
+    """The problem behind ``gradient`` and ``relocate``: a given ``Problem`` (whose y_mode was
+    fixed when it was built) or an export of the model in the requested y_mode."""
+    if isinstance(model, Problem):
+        if y_mode is not None and y_mode != model.y_mode:
+            raise PlacementError(f"this Problem was built with y_mode={model.y_mode}; build it again with "
+                                 f"y_mode={y_mode} (problem_from_model or problem.y_mode=...).")
+        return model
+    if y_mode is not None:
+        from placement.predictive import check_y_mode
+
+        check_y_mode(y_mode)
+    _check_model(model, design, X)
+    return problem_from_model(model, objective, design, observed, y_mode=y_mode, fantasies=fantasies,
+                              fantasy_seed=seed, simulator=simulator)
+
+
 def _estimate(engine: Engine, est: GradientEstimate, X, y) -> Estimate:
     return Estimate(est.F, np.asarray(est.grad), est.F_se, np.asarray(est.grad_se), est.diagnostics, np.asarray(X),
                     (engine, est, y))
@@ -210,7 +298,8 @@ def _estimate(engine: Engine, est: GradientEstimate, X, y) -> Estimate:
 
 def gradient(model, objective: str | None = None, *, design: str = "X", observed: str | None = "y",
              sampler: Any = "importance", X=None, seed: int = 0, engine: Engine | None = None,
-             retry: RetryConfig | dict | None = None, gradient_check: str = "error", **sampler_options) -> Estimate:
+             retry: RetryConfig | dict | None = None, gradient_check: str = "error", y_mode: str | None = None,
+             fantasies: int = 8, simulator: dict | None = None, **sampler_options) -> Estimate:
     """F and dF/dX at X (default: the model's own design) with standard errors.
 
     Args:
@@ -225,6 +314,11 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
         retry: ``RetryConfig`` or a dict of its fields: what counts as sampler trouble.
         gradient_check: "error" (stop when the model's X-derivatives disagree with finite
             differences), "untrusted" (go on, every estimate untrusted) or "off".
+        y_mode: fixed | simulator | predictive: what y is at X (``problem_from_model``; default:
+            the model's own, simulator if it was built with one, else fixed). predictive:
+            F is averaged over ``fantasies`` draws of y from the model's predictive at X (the
+            fantasies' random numbers come from ``seed``: same seed, same fantasies).
+        simulator: simulator mode for any model, see ``problem_from_model``.
         **sampler_options: the sampler's settings, e.g. ``num_samples=4096``, ``rel_se=0.01``.
 
     On sampler trouble the estimate is redone with safer settings; ``diagnostics["attempts"]``
@@ -237,19 +331,16 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
     if gradient_check not in ("error", "untrusted", "off"):
         raise PlacementError(f"gradient_check must be error, untrusted or off; got {gradient_check!r}.")
     sampler_cfg = None if engine is not None else settings.sampler_config(sampler, "gradient", **sampler_options)
-    if isinstance(model, Problem):
-        problem = model
-    else:
-        _check_model(model, design, X)
-        problem = problem_from_model(model, objective, design, observed)
+    problem = _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator)
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
-    engine = engine or Engine(jm, sampler_cfg, gradient_check=gradient_check)
-    y = jm.y_at(X)
+    engine = engine or make_engine(problem, sampler_cfg, gradient_check=gradient_check)
+    y = engine.jm.y_at(X)
     k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
     state = engine.init(k1, X, y)
     _, est, attempts = robust_gradient(engine, k2, state, X, y, retry)
     est.diagnostics.update(attempts.summary())
+    est.diagnostics["y_mode"] = problem.y_mode
     est.diagnostics["trusted"] = bool(attempts.trusted)
     est.diagnostics["seconds_total"] = time.perf_counter() - t0
     return _estimate(engine, est, X, y)
@@ -279,6 +370,7 @@ class Relocation:
     direction: str
     estimate: Estimate | None = None
     state: Any = field(default=None, repr=False)
+    y_mode: str = "fixed"  # what y was while X moved: fixed | simulator | predictive
 
     def to_inference_data(self, **kwargs):
         """The posterior at the final design (see ``Estimate.to_inference_data``)."""
@@ -334,6 +426,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
              constraints: Any = None, sampler: Any = "importance_run", seed: int = 0, X0=None, design: str = "X",
              observed: str | None = "y", grad_tol: float = 0.0, patience: int = 0,
              retry: RetryConfig | dict | None = None, gradient_check: str = "error", progress: bool = True,
+             y_mode: str | None = None, fantasies: int = 8, simulator: dict | None = None,
              **sampler_options) -> Relocation:
     """Relocate the design along dF/dX: the outer loop of ``placement run``.
 
@@ -356,6 +449,8 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
             2 SE for ``patience`` steps.
         retry: ``RetryConfig`` or a dict of its fields.
         progress: show a progress bar (tqdm; a widget in notebooks).
+        y_mode, fantasies, simulator: what y is while X moves, as in ``gradient``; predictive
+            mode relocates the design for the objective averaged over the data it could give.
     """
     import pandas as pd
 
@@ -385,15 +480,11 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
         sampler_cfg = settings.sampler_config(sampler, **sampler_options)
     tx = _optimizer(cfg, optimizer, learning_rate, optimizer_options)
     cons = settings.constraints_from(constraints)
-    if isinstance(model, Problem):
-        problem = model
-    else:
-        _check_model(model, design, X0)
-        problem = problem_from_model(model, objective, design, observed)
+    problem = _problem(model, objective, design, observed, X0, y_mode, fantasies, seed, simulator)
     jm = problem.jm
     X0 = jm.X if X0 is None else check_design(X0, jm)
     check_design_in_bounds(X0, cons)
-    engine = Engine(jm, sampler_cfg, gradient_check=gradient_check)
+    engine = make_engine(problem, sampler_cfg, gradient_check=gradient_check)
     state = initial_state(engine, X0, tx, seed)
     bar = Progress(loop_cfg.steps, enabled=progress, desc="placement.relocate")
     last = {}
@@ -411,5 +502,5 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
     X = np.asarray(state.X)
     return Relocation(X=X, X0=np.asarray(X0), F=float(rows["F"].iloc[-1]), F_se=float(rows["F_se"].iloc[-1]),
                       trajectory=rows, stop_reason=state.stop_reason, objective=jm.objective_name,
-                      direction=direction, estimate=None if est is None else _estimate(engine, est, X, jm.y_at(X)),
-                      state=state)
+                      direction=direction, estimate=None if est is None else _estimate(engine, est, X, engine.jm.y_at(X)),
+                      state=state, y_mode=problem.y_mode)

@@ -123,12 +123,13 @@ def _gradient(cfg) -> None:
         "actions": d.get("actions", ""),
         "sampler": d.get("sampler"),
         "objective": problem.jm.objective_name,
+        "y_mode": problem.y_mode,
         "cut_short": d.get("cut_short"),  # "max_seconds": the time budget ended the extra draws
         "diagnostics": d,
     }
     out = write_json(_run_dir() / "gradient.json", result)
     print(_table(Xused, est))
-    print(f"sampler={d.get('sampler')}  draws={d.get('num_draws')}  relative SE={d.get('rel_se', float('nan')):.3g}  "
+    print(f"y_mode={problem.y_mode}  sampler={d.get('sampler')}  draws={d.get('num_draws')}  relative SE={d.get('rel_se', float('nan')):.3g}  "
           f"seconds={seconds:.2f}  -> {out}")
     if d.get("cut_short"):
         print(f"WARNING: cut short by max_seconds={cfg.max_seconds}: the estimate uses the draws made by then.",
@@ -187,9 +188,8 @@ def _run(cfg) -> None:
     from omegaconf import OmegaConf
 
     from placement import plots, settings
-    from placement.api import build_problem, check_design, posterior_of, predictive_summary
+    from placement.api import build_problem, check_design, make_engine, posterior_of, predictive_summary
     from placement.constraints import check_design_in_bounds
-    from placement.engine import Engine
     from placement.errors import PlacementError
     from placement.inference_data import write_netcdf
     from placement.io import write_atomic, write_csv, write_json
@@ -228,7 +228,7 @@ def _run(cfg) -> None:
     constraints = settings.constraints_from(cfg.constraints, domain)
     X0 = jm.X if cfg.get("X0") is None else check_design(list(cfg.X0), jm)
     check_design_in_bounds(np.asarray(X0), constraints)
-    engine = Engine(jm, sampler_cfg, gradient_check=str(cfg.get("gradient_check", "error")))
+    engine = make_engine(problem, sampler_cfg, gradient_check=str(cfg.get("gradient_check", "error")))
     if cfg.resume and ckpt.exists():
         state, saved_fp = load_checkpoint(ckpt)
         if saved_fp != fingerprint:
@@ -260,6 +260,7 @@ def _run(cfg) -> None:
     result = {
         "X": X_final, "X0": np.asarray(X0), "F": final["F"], "F_se": final["F_se"], "grad_norm": final["grad_norm"],
         "steps": state.step, "stop_reason": state.stop_reason, "objective": cfg.objective.name,
+        "y_mode": problem.y_mode,
         "direction": cfg.objective.direction, "seconds": time.perf_counter() - t0,
         "step_seconds_median": float(np.median([r["step_seconds"] for r in state.rows])),
         "untrusted_steps": [r["step"] for r in state.rows if not r.get("trusted", 1)],
@@ -268,7 +269,7 @@ def _run(cfg) -> None:
     }
     est = last.get("estimate")  # made at the final design: X does not move on the last step
     if est is not None and est.sample is not None and est.diagnostics.get("sampler") != "map":
-        idata = posterior_of(engine, est, X_final, jm.y_at(X_final))
+        idata = posterior_of(engine, est, X_final, engine.jm.y_at(X_final))
         result["posterior"] = str(write_netcdf(idata, run_dir / "posterior.nc"))
     if cfg.plots:
         plots.points_over_steps(state.rows, run_dir / "points.png")
@@ -280,10 +281,11 @@ def _run(cfg) -> None:
             pred = predictive_summary(engine, state.sampler_state, X_final, jax.random.fold_in(state.key, 10**7))
         if pred is not None:
             grid = domain_points(domain, int(cfg.problem.args.grid))
-            plots.predictive(grid, pred[0], pred[1], X_final, jm.y_at(X_final), run_dir / "predictive.png", X0=np.asarray(X0))
+            y_shown = engine.y_at(X_final) if problem.y_mode == "predictive" else jm.y_at(X_final)  # fantasy 0's
+            plots.predictive(grid, pred[0], pred[1], X_final, y_shown, run_dir / "predictive.png", X0=np.asarray(X0))
     result["seconds"] = time.perf_counter() - t0
     out = write_json(run_dir / "result.json", result)
-    print(f"{cfg.objective.name} ({cfg.objective.direction}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
+    print(f"{cfg.objective.name} ({cfg.objective.direction}, y_mode={problem.y_mode}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
           f"{state.step} steps ({state.stop_reason}); {result['seconds']:.1f} s -> {out}")
     print("final X:", np.array2string(X_final, precision=4, max_line_width=100))
     if result["retried_steps"]:

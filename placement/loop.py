@@ -26,7 +26,8 @@ from placement.engine import Engine
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
 from placement.io import write_atomic_bytes
-from placement.retry import RetryConfig, robust_gradient
+from placement.predictive import robust_gradient  # retry.robust_gradient, per fantasy in design mode
+from placement.retry import RetryConfig
 
 
 @dataclass(frozen=True)

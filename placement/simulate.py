@@ -21,8 +21,17 @@ def simulator_of(model):
     return getattr(model, "_placement_simulator", None)
 
 
-def with_simulator(jm: JaxModel, function: str, noise: float, e) -> JaxModel:
-    g = SIMULATORS[function]
+def with_simulator(jm: JaxModel, function, noise: float, e) -> JaxModel:
+    """``jm`` with y = g(X) + noise * e; ``function`` a name in ``SIMULATORS`` or a JAX function of X."""
+    if callable(function):
+        g = function
+    elif function in SIMULATORS:
+        g = SIMULATORS[function]
+    else:
+        from placement.errors import PlacementError
+
+        raise PlacementError(f"unknown simulator function {function!r}; choose one of {', '.join(SIMULATORS)} "
+                             "or pass a JAX function of X.")
     e = jnp.asarray(np.asarray(e, dtype=np.float64))
 
     def y_of(X):

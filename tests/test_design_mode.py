@@ -1,0 +1,104 @@
+"""Design mode (y_mode): the predictive-mode estimate against closed forms, and bad input.
+
+(a) linear-Gaussian model: E_y[Var(a . beta | y, X)] = a^T S(X) a in closed form; the objective
+    (q - E[q | y, X])^2 depends on y, so every dy/dX term of the total derivative is exercised.
+(b) a GP with tight hyperparameter priors: the expected integrated variance is the
+    fixed-hyperparameter IMSE, which does not depend on y.
+(c) the relocation to the IMSE-optimal design is in experiments/design_mode.py (too slow here).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from placement import api, design, predictive
+from placement.errors import PlacementError
+
+
+def _z(est, exact, grad_exact):
+    """Largest |error| / SE over F and every gradient component."""
+    zF = abs(est.F - exact) / est.F_se
+    zg = np.max(np.abs(np.asarray(est.grad) - grad_exact) / np.asarray(est.grad_se))
+    return float(zF), float(zg)
+
+
+def test_linear_gaussian_predictive_matches_closed_form():
+    model = design.linear_gaussian()
+    X = np.array([-0.7, -0.1, 0.3, 0.8])
+    est = api.gradient(model, "post_var", X=X, y_mode="predictive", fantasies=2, sampler="importance",
+                       num_samples=4096, aim_samples=1024, rel_se=0.0, seed=1)
+    exact = float(design.linear_expected_variance(X))
+    g_exact = np.asarray(jax.grad(design.linear_expected_variance)(jnp.asarray(X)))
+    # the closed form's gradient agrees with its own central differences
+    h = 1e-5
+    fd = [(design.linear_expected_variance(X + h * e) - design.linear_expected_variance(X - h * e)) / (2 * h)
+          for e in np.eye(4)]
+    np.testing.assert_allclose(g_exact, fd, rtol=1e-6, atol=1e-10)
+    assert est.trusted and est.diagnostics["y_mode"] == "predictive" and est.diagnostics["fantasies"] == 2
+    assert est.F_se < 0.02 * exact and np.all(np.asarray(est.grad_se) < 0.15 * np.max(np.abs(g_exact)))
+    zF, zg = _z(est, exact, g_exact)
+    assert zF < 4.0 and zg < 4.0, (est.F, exact, est.grad, g_exact, est.grad_se)
+
+
+def test_tight_gp_predictive_matches_fixed_hyperparameter_imse():
+    model = design.tight_gp(prior_sd=0.001)
+    X = np.array([0.3, 1.4, 2.2, 3.9, 4.6, 5.5, 6.8, 7.4, 8.9, 9.6])
+    est = api.gradient(model, "integrated_variance", X=X, y_mode="predictive", fantasies=2, sampler="quadrature",
+                       points=9, seed=0)
+    exact = float(design.gp_imse(X))
+    g_exact = np.asarray(jax.grad(design.gp_imse)(jnp.asarray(X)))
+    assert est.trusted
+    # SE capped, and the estimate within its SE plus the tight priors' own effect (width 0.1%)
+    assert est.F_se < 0.01 * exact
+    assert abs(est.F - exact) < 4 * est.F_se + 0.005 * exact, (est.F, exact, est.F_se)
+    err = np.abs(np.asarray(est.grad) - g_exact)
+    assert np.all(err < 4 * np.asarray(est.grad_se) + 0.01 * np.max(np.abs(g_exact))), (est.grad, g_exact)
+
+
+def test_gp_fantasy_covariance_is_the_kernel():
+    """The random-Fourier-feature function draws have covariance eta^2 k (+ noise on the diagonal)."""
+    model = design.tight_gp(n=3, prior_sd=1e-6, x0=[1.0, 2.0, 4.5])
+    from placement.model import from_pymc
+
+    jm = from_pymc(model, "integrated_variance")
+    fa = predictive.fantasies_for(model, jm, 2000, seed=3, features=256)
+    ys = np.asarray(jax.vmap(lambda u: fa.y_of(u, jnp.asarray(jm.X)))(jnp.asarray(fa.u)))
+    C = np.cov(ys.T)
+    exact = np.asarray(predictive.gp_covariance("matern52", jnp.asarray(jm.X), 5.0, 8.0, 0.02))
+    # 2000 draws: each entry's relative sd is about sqrt(2 / 2000) = 3%
+    np.testing.assert_allclose(C, exact, rtol=0.12, atol=0.12 * 64)
+
+
+# -- bad input: one PlacementError each, before any work ----------------------------------------
+def test_unknown_y_mode():
+    with pytest.raises(PlacementError, match="unknown y_mode 'dream'.*fixed, simulator, predictive"):
+        api.gradient(design.linear_gaussian(), "post_var", y_mode="dream")
+
+
+def test_unsupported_observed_distribution():
+    import pymc as pm
+
+    with pm.Model() as model:
+        X = pm.Data("X", np.linspace(0, 1, 4))
+        y = pm.Data("y", np.array([1, 0, 2, 1]))
+        lam = pm.HalfNormal("lam")
+        pm.Poisson("obs", lam * (1 + X), observed=y)
+        pm.Deterministic("f", lam)
+    with pytest.raises(PlacementError, match="cannot draw the observed Poisson.*Supported: Normal"):
+        api.gradient(model, "f", y_mode="predictive")
+
+
+def test_simulator_without_function():
+    with pytest.raises(PlacementError, match="y_mode=simulator needs a function"):
+        api.gradient(design.linear_gaussian(), "post_var", y_mode="simulator")
+
+
+def test_config_y_mode_checked_before_the_builder():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"builder": "no_such_module:nothing", "y_mode": "sometimes"})
+    with pytest.raises(PlacementError, match="unknown y_mode 'sometimes'"):
+        api.build_problem(cfg, objective="f")
