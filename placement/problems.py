@@ -179,3 +179,135 @@ def kernel_class(name: str):
         return KERNELS[name]
     except KeyError:
         raise PlacementError(f"unknown kernel {name!r}; choose one of {', '.join(KERNELS)}.") from None
+
+
+# -- Hilbert-space approximate GP (pm.gp.HSGP) -------------------------------------------------
+HSGP_KERNELS = ("expquad", "matern32", "matern52")  # stock PyMC kernels with a power spectral density
+
+
+def stock_kernel(kernel: Callable):
+    """The PyMC kernel class (and its keyword arguments) behind a kernel-group entry.
+
+    ``placement.kernels`` classes carry no power spectral density, which HSGP needs; their
+    stock twins of the same name in ``pm.gp.cov`` do. A stock class is returned as it is.
+    Returns (class, kwargs).
+    """
+    base = getattr(kernel, "func", kernel)
+    kwargs = dict(getattr(kernel, "keywords", None) or {})
+    name = getattr(base, "__name__", repr(base))
+    stock = base if getattr(base, "__module__", "") == pm.gp.cov.__name__ else getattr(pm.gp.cov, name, None)
+    psd = getattr(stock, "power_spectral_density", None)
+    if stock is None or psd is None or psd is pm.gp.cov.Stationary.power_spectral_density:
+        raise PlacementError(
+            f"kernel {name} has no power spectral density, which the HSGP approximation needs; "
+            f"choose one of {', '.join(HSGP_KERNELS)} (kernel=...)."
+        )
+    return stock, kwargs
+
+
+def hsgp_boundary(X0: np.ndarray, domain, c: float) -> tuple[np.ndarray, np.ndarray]:
+    """The HSGP's centre and boundary L, fixed at build time (numbers, not graph nodes).
+
+    The centre is PyMC's own choice (the midpoint of the initial design's range, evaluated
+    once); L = c times the largest distance from the centre to the domain's edges (or to an
+    initial point outside the domain), so the approximation covers the whole domain, where
+    the design may move, not only the initial points. Returns (centre (d,), L (d,)).
+    """
+    Xm = X0[:, None] if X0.ndim == 1 else X0
+    box = np.atleast_2d(np.asarray(domain, dtype=np.float64))
+    centre = (Xm.max(axis=0) + Xm.min(axis=0)) / 2.0
+    lo = np.minimum(box[:, 0], Xm.min(axis=0))
+    hi = np.maximum(box[:, 1], Xm.max(axis=0))
+    return centre, c * np.maximum(hi - centre, centre - lo)
+
+
+def hsgp_posterior(B, y, sigma):
+    """Posterior of the coefficients z (prior N(0, I)) given y = B z + N(0, sigma^2 I):
+    the Cholesky factor of the precision A = I + B^T B / sigma^2 and the mean A^-1 B^T y / sigma^2."""
+    s2 = sigma**2
+    chol = pt.linalg.cholesky(pt.eye(B.shape[-1]) + pt.dot(B.T, B) / s2)
+    u = pt.linalg.solve_triangular(chol, pt.dot(B.T, y) / s2, lower=True)
+    return chol, pt.linalg.solve_triangular(chol.T, u, lower=False)
+
+
+def hsgp_logp(value, B, sigma):
+    """log N(y; 0, B B^T + sigma^2 I) in O(n m^2) (Woodbury and the determinant lemma).
+
+    The quadratic form is taken as |y - B z|^2 / sigma^2 + |z|^2 at the posterior mean z (its
+    minimiser), a sum of positive terms: y^T y / sigma^2 - |u|^2 cancels catastrophically
+    when sigma is small (the seed's noise is 0.02), and its X-derivative then is noise."""
+    n = value.shape[-1]
+    s2 = sigma**2
+    chol, z = hsgp_posterior(B, value, sigma)
+    r = value - pt.dot(B, z)
+    quad = pt.dot(r, r) / s2 + pt.dot(z, z)
+    logdet = n * pt.log(s2) + 2.0 * pt.sum(pt.log(pt.diag(chol)))
+    return -0.5 * (quad + logdet + n * np.log(2.0 * np.pi))
+
+
+def hsgp_model(X, y, kernel: Callable = Matern52, m=40, c: float = 2.0, domain=(0.0, 10.0), grid: int = 40) -> pm.Model:
+    """``gp_model`` with the GP replaced by its Hilbert-space approximation (``pm.gp.HSGP``).
+
+    Same priors, same objectives (gp_mu, integrated_variance, max_variance, target_variance,
+    pred_mu, pred_var). f(x) = phi(x) (eta sqrt(S(omega)) z) with m basis functions per column
+    (sin functions of x on [centre - L, centre + L], ``hsgp_boundary``) and z ~ N(0, I). The
+    coefficients z are integrated out in closed form, so the posterior is over (ell, eta,
+    sigma) only, as for the exact GP, and every cost is O(n m^2) instead of O(n^3):
+    y ~ N(0, B B^T + sigma^2 I) with B = phi(X) diag(eta sqrt S) (Woodbury), and the
+    predictive of f given y is that of Bayesian linear regression on z.
+
+    Args:
+        m: basis functions per column (int, or one per column); m^d in all.
+        c: boundary factor: L = c x the domain's half-width (>= 1.2 recommended by PyMC).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    d = 1 if X.ndim == 1 else X.shape[1]
+    ms = [int(m)] * d if np.ndim(m) == 0 else [int(v) for v in m]
+    if len(ms) != d or min(ms) < 1:
+        raise PlacementError(f"m must be a positive integer or one per column of X ({d}); got {m}.")
+    if not c > 1.0:
+        raise PlacementError(f"c must be > 1 (the boundary L = c x the domain's half-width; 1.5 is usual); got {c}.")
+    stock, kwargs = stock_kernel(kernel)
+    G = domain_points(domain, grid)
+    Gm = G[:, None] if G.ndim == 1 else G
+    if Gm.shape[1] != d:
+        raise PlacementError(f"the domain has {Gm.shape[1]} columns but X has {d}; give one [lo, hi] per column of X.")
+    centre, L = hsgp_boundary(X, domain, float(c))
+    box = np.atleast_2d(np.asarray(domain, dtype=np.float64))
+    w = np.full(grid, float(np.prod(box[:, 1] - box[:, 0])) / grid)
+    with pm.Model() as model:
+        Xd = pm.Data("X", X)
+        yd = pm.Data("y", y)
+        Xm = Xd[:, None] if X.ndim == 1 else Xd
+        ell = pm.InverseGamma("ell", mu=1.0, sigma=0.6, shape=() if d == 1 else (d,))
+        eta = pm.Exponential("eta", scale=3.0)
+        sigma = pm.HalfCauchy("sigma", beta=5)
+        gp = pm.gp.HSGP(m=ms, L=[float(v) for v in L], cov_func=stock(d, ls=ell, **kwargs))
+        phi, sqrt_psd = gp.prior_linearized(Xm)
+        if not np.allclose(np.asarray(gp._X_center, dtype=np.float64).ravel(), centre):  # PyMC's centre moved
+            raise PlacementError("pm.gp.HSGP centred X differently than expected; L would not cover the domain.")
+        phi_g, _ = gp.prior_linearized(pt.as_tensor(Gm))  # same centre and L: fixed at the first call
+        scale = eta * sqrt_psd
+        B, Bg = phi * scale, phi_g * scale
+        pm.CustomDist("y_obs", B, sigma, logp=hsgp_logp, observed=yd, signature="(n,k),()->(n)")
+        # posterior of z given (ell, eta, sigma): precision A = I + B^T B / sigma^2
+        chol, z = hsgp_posterior(B, yd, sigma)
+        V = pt.linalg.solve_triangular(chol, Bg.T, lower=True)  # predictive cov on the grid: V^T V
+        gvar = pt.sum(pt.square(V), axis=0)
+        pm.Deterministic("gp_mu", pt.dot(B, z).mean())
+        pm.Deterministic("pred_mu", pt.dot(Bg, z))
+        pm.Deterministic("pred_var", gvar)
+        pm.Deterministic("integrated_variance", gvar.mean())
+        tau = 0.01 * pt.mean(gvar)
+        pm.Deterministic("max_variance", pt.sum(pt.special.softmax(gvar / tau) * gvar))
+        pm.Deterministic("target_variance", pt.sum(pt.square(pt.dot(V, w))))
+    model._placement_hsgp = {"m": ms, "L": L, "centre": centre}  # for tests and reports
+    return model
+
+
+def hsgp_gp(kernel: Callable = Matern52, n: int = 10, m=40, c: float = 2.0, data_seed: int = 2,
+            domain=(0.0, 10.0), grid: int = 40) -> pm.Model:
+    """The seed problem (seed data, priors, objectives) with an HSGP instead of the exact GP."""
+    X, y = seed_data(n=n, seed=data_seed)
+    return hsgp_model(X, y, kernel=kernel, m=m, c=c, domain=domain, grid=grid)
