@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from placement import settings
+from placement import budget, memory, settings
 from placement.engine import Engine
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
@@ -299,7 +299,8 @@ def _estimate(engine: Engine, est: GradientEstimate, X, y) -> Estimate:
 def gradient(model, objective: str | None = None, *, design: str = "X", observed: str | None = "y",
              sampler: Any = "importance", X=None, seed: int = 0, engine: Engine | None = None,
              retry: RetryConfig | dict | None = None, gradient_check: str = "error", y_mode: str | None = None,
-             fantasies: int = 8, simulator: dict | None = None, **sampler_options) -> Estimate:
+             fantasies: int = 8, simulator: dict | None = None, max_seconds: float | None = None,
+             max_memory: Any = None, **sampler_options) -> Estimate:
     """F and dF/dX at X (default: the model's own design) with standard errors.
 
     Args:
@@ -319,6 +320,12 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
             F is averaged over ``fantasies`` draws of y from the model's predictive at X (the
             fantasies' random numbers come from ``seed``: same seed, same fantasies).
         simulator: simulator mode for any model, see ``problem_from_model``.
+        max_seconds: time budget of the call, as ``placement gradient max_seconds=`` (None/0 =
+            none): further draws for ``rel_se`` stop when it runs out (``diagnostics["cut_short"]``);
+            a budget spent before the first estimate is a ``PlacementError``.
+        max_memory: memory the draws' batches are planned for, as ``placement gradient
+            max_memory=``: bytes, "8GB", a share of the available memory (0.5), or None/"auto"
+            (80% of it); work that cannot fit stops before any draw (docs/how-to/long-work.md).
         **sampler_options: the sampler's settings, e.g. ``num_samples=4096``, ``rel_se=0.01``.
 
     On sampler trouble the estimate is redone with safer settings; ``diagnostics["attempts"]``
@@ -330,15 +337,17 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
     retry = settings.retry_config(retry)
     if gradient_check not in ("error", "untrusted", "off"):
         raise PlacementError(f"gradient_check must be error, untrusted or off; got {gradient_check!r}.")
+    budget.check_seconds(max_seconds), memory.limit(max_memory)  # checked before anything is built
     sampler_cfg = None if engine is not None else settings.sampler_config(sampler, "gradient", **sampler_options)
     problem = _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator)
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
-    engine = engine or make_engine(problem, sampler_cfg, gradient_check=gradient_check)
-    y = engine.jm.y_at(X)
-    k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
-    state = engine.init(k1, X, y)
-    _, est, attempts = robust_gradient(engine, k2, state, X, y, retry)
+    with budget.scope(max_seconds), memory.scope(max_memory):  # the CLI's max_seconds and max_memory
+        engine = engine or make_engine(problem, sampler_cfg, gradient_check=gradient_check)
+        y = engine.jm.y_at(X)
+        k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+        state = engine.init(k1, X, y)
+        _, est, attempts = robust_gradient(engine, k2, state, X, y, retry)
     est.diagnostics.update(attempts.summary())
     est.diagnostics["y_mode"] = problem.y_mode
     est.diagnostics["trusted"] = bool(attempts.trusted)
@@ -427,7 +436,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
              observed: str | None = "y", grad_tol: float = 0.0, patience: int = 0,
              retry: RetryConfig | dict | None = None, gradient_check: str = "error", progress: bool = True,
              y_mode: str | None = None, fantasies: int = 8, simulator: dict | None = None,
-             **sampler_options) -> Relocation:
+             max_seconds: float | None = None, max_memory: Any = None, **sampler_options) -> Relocation:
     """Relocate the design along dF/dX: the outer loop of ``placement run``.
 
     Each step estimates F and dF/dX at X (the sampler continues from the previous step's
@@ -451,6 +460,9 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
         progress: show a progress bar (tqdm; a widget in notebooks).
         y_mode, fantasies, simulator: what y is while X moves, as in ``gradient``; predictive
             mode relocates the design for the objective averaged over the data it could give.
+        max_seconds: time budget of each step's estimate, as ``placement run max_seconds=``
+            (None/0 = none); a cut step has ``cut_short`` in the trajectory.
+        max_memory: memory the draws' batches are planned for, as in ``gradient``.
     """
     import pandas as pd
 
@@ -468,7 +480,10 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
     settings.set_keys(cfg.stop, {"grad_tol": grad_tol, "patience": patience}, "stop")
     if isinstance(retry, dict):
         settings.set_keys(cfg.retry, retry, "retry")
-    loop_cfg = settings.loop_config(cfg)
+    step_seconds = budget.check_seconds(max_seconds)  # None/0: no budget (inf)
+    memory.limit(max_memory)  # checked before anything is built
+    loop_cfg = dataclasses.replace(settings.loop_config(cfg),
+                                   max_seconds=0.0 if step_seconds == float("inf") else step_seconds)
     if retry is not None and not isinstance(retry, dict):
         loop_cfg = dataclasses.replace(loop_cfg, retry=settings.retry_config(retry))
     if gradient_check not in ("error", "untrusted", "off"):
@@ -484,8 +499,6 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
     jm = problem.jm
     X0 = jm.X if X0 is None else check_design(X0, jm)
     check_design_in_bounds(X0, cons)
-    engine = make_engine(problem, sampler_cfg, gradient_check=gradient_check)
-    state = initial_state(engine, X0, tx, seed)
     bar = Progress(loop_cfg.steps, enabled=progress, desc="placement.relocate")
     last = {}
 
@@ -494,7 +507,10 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
         bar(st, est)
 
     try:
-        state = run_loop(engine, state, tx, cons, loop_cfg, on_step=on_step)
+        with memory.scope(max_memory):  # the batches of every engine built inside are planned for it
+            engine = make_engine(problem, sampler_cfg, gradient_check=gradient_check)
+            state = initial_state(engine, X0, tx, seed)
+            state = run_loop(engine, state, tx, cons, loop_cfg, on_step=on_step)
     finally:
         bar.close()
     rows = pd.DataFrame(state.rows)

@@ -200,8 +200,9 @@ def _run(cfg) -> None:
     run_dir = _run_dir()
     ckpt = run_dir / "checkpoint.pkl"
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    # What must match for a resume: everything but the step budget (steps may grow).
-    same = {k: v for k, v in resolved.items() if k not in ("resume", "steps")}
+    # What must match for a resume: everything but the step budget (steps may grow) and the
+    # time and memory budgets (they change how the work is cut, not what is computed).
+    same = {k: v for k, v in resolved.items() if k not in ("resume", "steps", "max_seconds", "max_memory")}
     same["optimizer"] = {k: v for k, v in resolved["optimizer"].items() if k != "steps"}
     fingerprint = hashlib.sha256(json_dumps(same).encode()).hexdigest()
     if ckpt.exists() and not cfg.resume:
@@ -401,7 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = _run_dir()
         created = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir()) if run_dir.exists() else True
         try:
-            TASKS[cmd](cfg)
+            from placement import memory
+
+            with memory.scope(cfg.get("max_memory")):  # what gradient/run plan their batches for
+                TASKS[cmd](cfg)
         except PlacementError as e:
             _fail(str(e), run_dir, created)
         except InstantiationException as e:  # a config class refused its settings (__post_init__)

@@ -19,7 +19,7 @@ import numpy as np
 
 from placement import budget, gradcheck, precision, samplers
 from placement.errors import PlacementError
-from placement.estimator import GradientEstimate, Sample, estimate, normalised_weights, shared_terms
+from placement.estimator import GradientEstimate, Sample, estimate, normalised_weights, shared_logdensity, shared_terms
 from placement.model import JaxModel
 
 # every built-in sampler registers itself on import
@@ -40,13 +40,16 @@ class Engine:
         self.sampler = samplers.build(jm, sampler_cfg)
         self.kind = self.sampler.name
         self.terms = shared_terms(jm)
-        self.vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
+        self.vlogp = shared_logdensity(jm)  # in the terms' chunks: planned memory, the budget between chunks
 
     # -- sampler state -------------------------------------------------------------
     def init(self, key, X, y):
         """Initial sampler state (cold start) at design X."""
         X, y = self._xy(X, y)
-        return self.sampler.init(key, X, y)
+        try:  # a sampler's first fit (the importance pilot) checks the time budget between chunks
+            return self.sampler.init(key, X, y)
+        except budget.OutOfTime:
+            raise budget.nothing_yet(budget.current().max_seconds, "the sampler's first fit was complete") from None
 
     def draw(self, key, state, X, y) -> tuple[Any, Sample]:
         """Draw (or lay out) points for the identity at design X."""
@@ -58,7 +61,7 @@ class Engine:
         if sample.log_q is None:
             return np.full(sample.theta.shape[0], 1.0 / sample.theta.shape[0])
         X, y = self._xy(X, y)
-        return normalised_weights(self.vlogp(jnp.asarray(sample.theta), X, y), sample.log_q)
+        return normalised_weights(self.vlogp(sample.theta, X, y), sample.log_q)
 
     # -- the estimate ----------------------------------------------------------------
     def gradient(self, key, state, X, y=None) -> tuple[Any, GradientEstimate]:

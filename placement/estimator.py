@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax import diagnostics as bjd
 
-from placement import budget, samplers
+from placement import budget, memory, samplers
+from placement.errors import PlacementError
 from placement.model import JaxModel
 
 Array = jax.Array
@@ -68,37 +69,171 @@ class GradientEstimate(NamedTuple):
     sample: Any = None  # the draws behind the estimate (a Sample), for placement.inference_data
 
 
+_PLANS: dict = {}
 _TERMS: dict = {}
-CHUNK = 2048  # draws per compiled call of the shared terms
+CHUNK = 2048  # most draws per compiled call of the shared terms
+CHUNK_WORK = 5e8  # draws x n^3 per compiled call: a GP's terms then take about 1 s on one CPU core
+ACCELERATOR_WORK = 64  # ... and an accelerator (GPU) does that much more per call
+MIN_PAD = 64  # fewer draws than a chunk are padded to a power of two, at least this many
 
 
 def auto_batch(jm: JaxModel) -> int:
-    """Draws vectorised at once: 512 for small models, fewer as the n x n matrices grow
-    (batch x n^2 <= 4e6 elements per matrix), so memory stays bounded at large n."""
+    """Preferred draws vectorised at once: 512 for small models, fewer as the n x n matrices
+    grow (batch x n^2 <= 4e6 elements per matrix); ``plan`` lowers it to fit ``max_memory``."""
     n = int(jm.X.shape[0]) if jm.X.ndim else 1
     return int(np.clip(4_000_000 // max(n * n, 1), 8, 512))
 
 
+def auto_chunk(jm: JaxModel, nbytes: int | None = None) -> int:
+    """Draws per compiled call, a power of two: CHUNK for small models, fewer as a draw's work
+    grows (about n^3 for n x n matrices), so signals and the time budget act within about a
+    second or two; with ``nbytes`` (max_memory), also small enough that a call's draws and
+    results (p + 2 + 2 x X.size values each) take at most a quarter of it."""
+    n = int(jm.X.shape[0]) if jm.X.ndim else 1
+    work = CHUNK_WORK * (1 if jax.local_devices()[0].platform == "cpu" else ACCELERATOR_WORK)
+    c = min(CHUNK, max(1, work // max(n**3, 1)))
+    if nbytes is not None:
+        c = min(c, max(1, nbytes // (4 * 8 * (jm.ndim + 2 + 2 * int(np.size(jm.X))))))
+    return 1 << int(np.log2(c))
+
+
+class Plan(NamedTuple):
+    """How the draws' terms are computed: ``batch`` draws vectorised at once, ``chunk`` draws
+    per compiled call (per device: ``chunk / devices``), ``bytes`` the peak XLA planned for
+    one call on one device (None: not known), ``limit`` max_memory in bytes per device."""
+
+    batch: int
+    chunk: int
+    bytes: int | None
+    limit: int
+
+
+def _one_terms(jm: JaxModel) -> Callable:
+    def one(theta, X, y):
+        logp, s = jax.value_and_grad(jm.logdensity, argnums=1)(theta, X, y)
+        f, df = jax.value_and_grad(jm.objective, argnums=1)(theta, X, y)
+        return logp, f, df, s
+
+    return one
+
+
+_PROGRAMS: dict = {}
+
+
+def _program(jm: JaxModel, kind: str, batch: int) -> Callable:
+    """Jitted per-draw ``terms`` (or ``logp``: the log density alone) over the draws, ``batch``
+    at a time, sharded over the process's devices when there are several. One program per
+    (model, kind, batch), so what ``plan`` compiles to read its memory is what the calls then
+    find in JAX's cache (no second compile). ``.jitted``: the jit to lower; ``.rows(N)``: the
+    draws it is called with for N."""
+    key = (id(jm), kind, batch)
+    if key not in _PROGRAMS or _PROGRAMS[key][0] is not jm:
+        one = _one_terms(jm) if kind == "terms" else (lambda t, X, y: (jm.logdensity(t, X, y),))
+
+        def local(thetas, X, y):
+            return jax.lax.map(lambda t: one(t, X, y), thetas, batch_size=batch)
+
+        _PROGRAMS[key] = (jm, _over_devices(local))
+    return _PROGRAMS[key][1]
+
+
+def _power_of_two(b: int) -> int:
+    """The largest power of two <= b: batches that split a chunk evenly (lax.map then compiles
+    one batch body, not a second one for a remainder)."""
+    return 1 << int(np.log2(max(b, 1)))
+
+
+def _devices() -> int:
+    return len(jax.local_devices())
+
+
+def plan(jm: JaxModel, max_memory=None) -> Plan:
+    """Batch and chunk for the shared terms from the model's size and ``max_memory`` (default:
+    ``placement.memory.setting()``, the active ``memory.scope``; None = auto), before any draw
+    is made: compiles the terms for one call at the preferred batch and reads the peak bytes
+    from XLA (``memory.fit_batch``), shrinking the batch until it fits. Work that does not fit
+    one draw at a time raises one ``PlacementError`` naming the size and what to change. CPU
+    devices share the host's memory: each gets max_memory / devices."""
+    setting = memory.setting() if max_memory is None else max_memory
+    key = (id(jm), repr(setting))
+    if key in _PLANS and _PLANS[key][0] is jm:
+        return _PLANS[key][1]
+    D = _devices()
+    lim = memory.limit(setting)
+    if D > 1 and jax.local_devices()[0].platform == "cpu":
+        lim //= D
+    chunk = auto_chunk(jm, lim)
+    per_device = -(-chunk // D)
+    X = jnp.asarray(jm.X)
+    y = jnp.zeros(0) if jm.y is None else jnp.asarray(jm.y)
+    n = int(X.shape[0]) if X.ndim else 1
+
+    def what(need):
+        return (f"the gradient's terms (n={n} points, {int(X.size)} design coordinates, {jm.ndim} parameters; "
+                f"one draw at a time, {chunk} per call)")
+
+    change = ("Use fewer points or a smaller model, or raise max_memory (max_memory=... on the command line, "
+              "max_memory= in placement.gradient / placement.relocate).")
+    try:
+        batch, _, need = memory.fit_batch(lambda b: _compiled(jm, b, chunk, X, y),
+                                          min(auto_batch(jm), per_device), lim, what, change,
+                                          resident=X.nbytes + y.nbytes, snap=_power_of_two)
+    except PlacementError:
+        raise
+    except Exception as e:  # noqa: BLE001 - y of another shape (design modes) or no lowering: no plan
+        if memory.is_oom(e):
+            raise memory.oom_error(e, f"compiling the gradient's terms (n={n} points)", change) from None
+        batch, need = min(auto_batch(jm), per_device), None
+    out = Plan(int(batch), int(chunk), need, int(lim))
+    _PLANS[key] = (jm, out)
+    return out
+
+
 def shared_terms(jm: JaxModel, batch_size: int | None = None) -> Callable:
-    """``make_terms`` once per model, called on fixed-size chunks of draws: every sampler
-    and batch size (adaptation stages, final batches, precision extensions, grids) shares
-    one compiled function. Fewer than CHUNK draws run as one chunk padded to the next power
-    of two; padding repeats the first draw and is dropped. ``batch_size``: draws vectorised
-    at once (default ``auto_batch``)."""
-    batch_size = auto_batch(jm) if batch_size is None else batch_size
-    key = (id(jm), batch_size)
+    """``make_terms`` once per model and memory setting, called on fixed-size chunks of draws:
+    every sampler and batch size (adaptation stages, final batches, precision extensions,
+    grids) shares one compiled function. Fewer draws than a chunk run as one chunk padded to
+    the next power of two; padding repeats the first draw and is dropped. Batch and chunk come
+    from ``plan`` (the model's size and ``max_memory``); ``batch_size`` overrides the batch.
+    The plan is the returned function's ``plan`` attribute."""
+    p = plan(jm)
+    if batch_size is not None:
+        p = p._replace(batch=int(batch_size), bytes=None)
+    key = (id(jm), p)
     if key not in _TERMS or _TERMS[key][0] is not jm:
-        _TERMS[key] = (jm, _chunked(make_terms(jm, batch_size)))
+        fn = _chunked(make_terms(jm, p.batch), p.chunk)
+        fn.plan = p
+        _TERMS[key] = (jm, fn)
     return _TERMS[key][1]
 
 
-def _chunked(fn: Callable) -> Callable:
+def shared_logdensity(jm: JaxModel) -> Callable:
+    """``logp(thetas[N, p], X, y) -> (N,)`` (NumPy) in the shared terms' chunks and batches
+    (a log density needs no more memory than the terms), checking the budget between chunks:
+    the samplers' log-density-only evaluations (posterior fits, reweighting, grids)."""
+    p = plan(jm)
+    key = (id(jm), "logp", p)
+    if key not in _TERMS or _TERMS[key][0] is not jm:
+        fn = _chunked(_program(jm, "logp", p.batch), p.chunk)
+        logp = lambda thetas, X, y: fn(thetas, X, y)[0]  # noqa: E731
+        logp.plan = p
+        _TERMS[key] = (jm, logp)
+    return _TERMS[key][1]
+
+
+def pad_size(N: int, chunk: int) -> int:
+    """Draws per call for N draws: the chunk, or for fewer the next power of two (at least
+    MIN_PAD, at most the chunk): few distinct shapes, each compiled once."""
+    return chunk if N >= chunk else min(chunk, max(MIN_PAD, 1 << int(np.ceil(np.log2(max(N, 1))))))
+
+
+def _chunked(fn: Callable, chunk: int = CHUNK) -> Callable:
     # host-side slicing and padding (NumPy): eager jnp ops on new shapes would each compile;
     # each chunk returns to Python, so signals and the time budget act between chunks
-    def terms(thetas, X, y):
+    def call(thetas, X, y):
         thetas = np.asarray(thetas)
         N = thetas.shape[0]
-        size = CHUNK if N >= CHUNK else max(64, 1 << int(np.ceil(np.log2(max(N, 1)))))
+        size = pad_size(N, chunk)
         parts = []
         for i in range(0, N, size):
             t = thetas[i : i + size]
@@ -109,9 +244,9 @@ def _chunked(fn: Callable) -> Callable:
             parts.append(tuple(o[:n] for o in out))
             # between chunks: progress, the time budget (OutOfTime), and Ctrl-C / SIGTERM
             budget.checkpoint(i + n, N, "draws")
-        return tuple(np.concatenate([p[j] for p in parts]) for j in range(4))
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(len(parts[0])))
 
-    return terms
+    return call
 
 
 def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
@@ -123,18 +258,17 @@ def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
     dropped); each device runs its share in batches of ``batch_size``. Every draw's terms
     are computed by the same function either way, so sharded and unsharded results agree.
     """
+    return _program(jm, "terms", batch_size)
 
-    def one(theta, X, y):
-        logp, s = jax.value_and_grad(jm.logdensity, argnums=1)(theta, X, y)
-        f, df = jax.value_and_grad(jm.objective, argnums=1)(theta, X, y)
-        return logp, f, df, s
 
-    def local(thetas, X, y):
-        return jax.lax.map(lambda t: one(t, X, y), thetas, batch_size=batch_size)
-
+def _over_devices(local: Callable) -> Callable:
+    """``local`` jitted, its draw axis sharded over this process's devices when there are several."""
     devices = jax.local_devices()  # one process's devices (multi-host: docs/how-to/gpu.md)
     if len(devices) == 1:
-        return jax.jit(local)
+        fn = jax.jit(local)
+        fn_ = lambda thetas, X, y: fn(thetas, X, y)  # noqa: E731
+        fn_.jitted, fn_.rows = fn, (lambda N: N)
+        return fn_
     from jax.sharding import Mesh, PartitionSpec as P
 
     mesh = Mesh(np.asarray(devices), ("draws",))
@@ -157,7 +291,22 @@ def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
         out = sharded(thetas, X, y)
         return tuple(o[:N] for o in out) if pad else out
 
+    terms.jitted, terms.rows = sharded, (lambda N: N + (-N) % D)
     return terms
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(jm: JaxModel, batch: int, chunk: int, X, y):
+    """The terms' program compiled for one call on ``chunk`` draws, ``batch`` at a time (kept:
+    plans for other max_memory settings ask again)."""
+    key = (id(jm), batch, chunk, X.shape, y.shape)
+    if key not in _COMPILED or _COMPILED[key][0] is not jm:
+        program = _program(jm, "terms", batch)
+        spec = jax.ShapeDtypeStruct((program.rows(chunk), jm.ndim), jnp.float64)
+        _COMPILED[key] = (jm, program.jitted.lower(spec, X, y).compile())
+    return _COMPILED[key][1]
 
 
 def normalised_weights(log_p, log_q=None) -> np.ndarray:

@@ -30,7 +30,6 @@ Measured (experiments/seed_gradient.py): docs/benchmarks.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
@@ -40,7 +39,7 @@ from jax.scipy.special import gammaln
 
 from placement import mixtures
 from placement.errors import PlacementError
-from placement.estimator import Sample, shared_terms, weighted_identity
+from placement.estimator import Sample, shared_logdensity, shared_terms, weighted_identity
 from placement.laplace import make_laplace
 from placement.mixtures import Mixture
 from placement.samplers import Sampler, register
@@ -134,23 +133,30 @@ def proposal_from_moments(mean, cov) -> Proposal:
     return Proposal(mean, jnp.linalg.cholesky(cov))
 
 
-def make_adapt(logdensity: Callable, cfg: ISConfig):
-    """Build the jitted posterior fit ``adapt(key, prop, X, y) -> prop`` (moment matching
-    from ``adapt_samples`` weighted draws, ``iters`` rounds)."""
-    vlogp = jax.vmap(logdensity, in_axes=(0, None, None))
+def make_adapt(logp: Callable, cfg: ISConfig):
+    """The posterior fit ``adapt(key, prop, X, y, iters) -> prop``: ``iters`` rounds of moment
+    matching from ``adapt_samples`` weighted draws. Each round's log densities go through
+    ``logp(thetas, X, y) -> (N,)``, the shared chunked evaluation (``estimator.shared_logdensity``:
+    batches planned for max_memory, the time budget and signals between chunks); drawing and
+    refitting are one small compiled call each."""
 
-    @partial(jax.jit, static_argnames=("iters",))
+    @jax.jit
+    def draw(key, i, prop):
+        return proposal_sample(jax.random.fold_in(key, i), prop, cfg.adapt_samples, cfg)
+
+    @jax.jit
+    def refit(prop, theta, lp):
+        log_w = lp - proposal_logpdf(prop, theta, cfg)
+        log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
+        new = proposal_from_moments(*mixtures.weighted_moments(jax.nn.softmax(log_w), theta))
+        ok = jnp.all(jnp.isfinite(new.chol)) & jnp.all(jnp.isfinite(new.mean))
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, prop)
+
     def adapt(key, prop, X, y, iters=cfg.adapt_iters):
-        def body(i, prop):
-            k = jax.random.fold_in(key, i)
-            theta = proposal_sample(k, prop, cfg.adapt_samples, cfg)
-            log_w = vlogp(theta, X, y) - proposal_logpdf(prop, theta, cfg)
-            log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-            new = proposal_from_moments(*mixtures.weighted_moments(jax.nn.softmax(log_w), theta))
-            ok = jnp.all(jnp.isfinite(new.chol)) & jnp.all(jnp.isfinite(new.mean))
-            return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, prop)
-
-        return jax.lax.fori_loop(0, iters, body, prop)
+        for i in range(iters):
+            theta = draw(key, i, prop)
+            prop = refit(prop, theta, jnp.asarray(logp(np.asarray(theta), X, y)))
+        return prop
 
     return adapt
 
@@ -198,7 +204,7 @@ def build(jm, cfg: ISConfig) -> Sampler:
     ``extend`` draws further batches (new randomisations) from the same final proposal."""
     if cfg.pilot not in ("wide", "laplace"):
         raise PlacementError(f"sampler.pilot must be 'wide' or 'laplace' (got {cfg.pilot!r}).")
-    adapt = make_adapt(jm.logdensity, cfg)
+    adapt = make_adapt(shared_logdensity(jm), cfg)
     laplace = make_laplace(jm.logdensity) if cfg.pilot == "laplace" else None
     theta0 = jnp.asarray(jm.initial_point)
     p = jm.ndim

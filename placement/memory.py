@@ -12,9 +12,11 @@ An allocation failure that slips through (``is_oom``) becomes the same kind of m
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
-from typing import Callable
+from typing import Callable, Iterator
 
 from placement.errors import PlacementError
 
@@ -76,6 +78,31 @@ def limit(max_memory=None) -> int:
     return int(v * available()) if v <= 1 else int(v)
 
 
+_SETTING: contextvars.ContextVar = contextvars.ContextVar("placement_max_memory", default=None)
+
+
+def setting():
+    """The active ``max_memory`` setting (None: auto), as given to ``scope``."""
+    return _SETTING.get()
+
+
+@contextlib.contextmanager
+def scope(max_memory=None) -> Iterator[None]:
+    """Make ``max_memory`` the setting that work planned inside reads (``setting()``); None
+    keeps the outer one. Checked here, so a bad value fails before anything is built. Like
+    ``placement.budget.scope``, a context variable: the plans are made several calls below
+    the function that knows the setting (an engine's shared terms, a sampler's fit)."""
+    if max_memory is None:
+        yield
+        return
+    limit(max_memory)
+    token = _SETTING.set(max_memory)
+    try:
+        yield
+    finally:
+        _SETTING.reset(token)
+
+
 def compiled_bytes(compiled, resident: int = 0) -> int | None:
     """Peak bytes of a compiled program (arguments + outputs + temporaries, less aliased
     buffers), from XLA's buffer assignment, less ``resident``: argument bytes that exist
@@ -91,13 +118,15 @@ def compiled_bytes(compiled, resident: int = 0) -> int | None:
 
 
 def fit_batch(compile_at: Callable[[int], object], batch: int, budget: int, what: Callable[[int], str],
-              change: str, resident: int = 0) -> tuple[int, object, int | None]:
+              change: str, resident: int = 0, snap: Callable[[int], int] | None = None) -> tuple[int, object, int | None]:
     """The largest batch <= ``batch`` whose compiled program fits in ``budget`` bytes.
 
     compile_at(b) -> a compiled program for b items (``jit(...).lower(...).compile()``);
     what(nbytes) names the work in the error; change says what the user can do. Returns
     (batch, compiled, bytes). Compiles at ``batch``, then - only when that is too big - at
-    the batch the linear scaling predicts, shrinking until it fits or one item does not."""
+    the batch the linear scaling predicts, shrinking until it fits or one item does not.
+    ``snap(b)``: the batch to use instead of a predicted b (<= b; e.g. a power of two that
+    divides the work into equal batches)."""
     compiled = compile_at(batch)
     need = compiled_bytes(compiled, resident)
     while need is not None and need > budget:
@@ -105,6 +134,7 @@ def fit_batch(compile_at: Callable[[int], object], batch: int, budget: int, what
             raise PlacementError(f"{what(need)} needs {human(need)} but max_memory allows {human(budget)}. {change}")
         per_item = need / batch
         batch = max(1, min(batch - 1, int(budget // max(per_item, 1))))
+        batch = batch if snap is None else max(1, min(batch, snap(batch)))
         compiled = compile_at(batch)
         need = compiled_bytes(compiled, resident)
     return batch, compiled, need
@@ -122,5 +152,5 @@ def oom_error(exc: BaseException, what: str, change: str) -> PlacementError:
     """The one-message form of an allocation failure."""
     m = re.search(r"allocating (\d+) bytes", str(exc))
     size = f" (an allocation of {human(int(m.group(1)))})" if m else ""
-    return PlacementError(f"{what} ran out of memory{size}; max_memory is {human(limit())} of "
+    return PlacementError(f"{what} ran out of memory{size}; max_memory is {human(limit(setting()))} of "
                           f"{human(available())} available. {change}")

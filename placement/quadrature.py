@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from placement.errors import PlacementError
-from placement.estimator import Sample, axis_differences, quadrature_levels, shared_terms
+from placement.estimator import Sample, axis_differences, quadrature_levels, shared_logdensity, shared_terms
 from placement.laplace import Laplace, make_laplace
 from placement.samplers import Sampler, register
 
@@ -251,13 +251,13 @@ def build(jm, cfg: QuadConfig) -> Sampler:
     p = jm.ndim
     check_supported(p, cfg)
     laplace = make_laplace(jm.logdensity)  # one compiled fit: cold in init, warm-started in draw
-    vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
+    vlogp = shared_logdensity(jm)  # chunked: planned memory, the budget between chunks
     terms = shared_terms(jm)  # compiled once per model, shared with the engine
     theta0 = jnp.asarray(jm.initial_point)
     allocated: dict = {}
 
     def grid_at(fit, X, y, shape):
-        return layout(fit, lambda P: vlogp(jnp.asarray(P), X, y), shape, cfg)
+        return layout(fit, lambda P: vlogp(np.asarray(P), X, y), shape, cfg)
 
     def pilot_Q(fit, X, y, shape):
         g = grid_at(fit, X, y, shape)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from placement.estimator import Sample, normalised_weights
+from placement.estimator import Sample, normalised_weights, shared_logdensity
 from placement.nuts import NUTSConfig, NUTSState, make_nuts, run_chains
 from placement.samplers import Sampler, register
 
@@ -46,20 +46,20 @@ class ReweightInfo(NamedTuple):
 def build(jm, cfg: ReweightConfig) -> Sampler:
     nuts = make_nuts(jm.logdensity, cfg)
     theta0 = jnp.asarray(jm.initial_point)
-    vlogp = jax.jit(jax.vmap(jm.logdensity, in_axes=(0, None, None)))
+    vlogp = shared_logdensity(jm)  # chunked: planned memory, the budget between chunks
 
     def init(key, X, y):
         return ReweightState(NUTSState(nuts.init(key, theta0, X, y), False), None, None, None)
 
     def draw(key, state, X, y):
         if state.theta is not None:
-            W = normalised_weights(vlogp(jnp.asarray(state.theta), X, y), state.logp_ref)
+            W = normalised_weights(vlogp(state.theta, X, y), state.logp_ref)
             frac = 1.0 / np.sum(W**2) / len(W)
             if frac >= cfg.min_ess_fraction:
                 info = ReweightInfo(False, float(frac))
                 return state, Sample(state.theta, state.logp_ref, state.chains, None, info)
         ns, sample = run_chains(nuts, theta0, key, state.nuts, X, y)
-        logp_ref = np.asarray(vlogp(jnp.asarray(sample.theta), X, y))
+        logp_ref = vlogp(sample.theta, X, y)
         info = dict(sample.info._asdict(), nuts_ran=True)
         return ReweightState(ns, sample.theta, logp_ref, sample.chains), sample._replace(info=info)
 

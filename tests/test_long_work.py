@@ -93,6 +93,73 @@ def test_memory_settings():
     assert memory.is_oom(RuntimeError("RESOURCE_EXHAUSTED: x")) and "32.8 GB" in str(err)
 
 
+@pytest.fixture(scope="module")
+def seed_problem():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from placement.api import build_problem
+
+    conf = os.path.join(os.path.dirname(__file__), "..", "conf")
+    return build_problem(OmegaConf.load(os.path.join(conf, "problem", "seed_gp.yaml")),
+                         instantiate(OmegaConf.load(os.path.join(conf, "kernel", "matern52.yaml"))), "gp_mu")
+
+
+def test_memory_forcing_a_smaller_batch_gives_the_same_terms(seed_problem):
+    """max_memory below what the preferred batch of draws needs: the gradient's terms run fewer
+    draws at once and are the same numbers, bit for bit (the estimate is a function of them)."""
+    from placement import estimator, memory
+
+    jm = seed_problem.jm
+    default = estimator.plan(jm)
+    with memory.scope(default.bytes // 2):
+        small = estimator.shared_terms(jm)
+    assert small.plan.batch < default.batch and small.plan.bytes <= default.bytes // 2
+    assert small.plan.chunk == default.chunk
+    theta = np.asarray(jm.initial_point) + 0.3 * np.random.default_rng(3).normal(size=(default.chunk, jm.ndim))
+    X, y = np.asarray(jm.X), np.asarray(jm.y)
+    for a, b in zip(estimator.shared_terms(jm)(theta, X, y), small(theta, X, y)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gradient_api_budget_and_memory_settings(seed_problem):
+    import placement
+
+    small = dict(num_samples=2048, adapt_samples=64, pilot_iters=1, aim=False, rel_se=0.0, gradient_check="off")
+    with pytest.raises(PlacementError, match="max_seconds=1e-09 ran out before the sampler's first fit"):
+        placement.gradient(seed_problem, max_seconds=1e-9, **small)  # the posterior fit checks between chunks
+    with pytest.raises(PlacementError, match=r"the gradient's terms \(n=10 points.*max_memory allows 1 kB"):
+        placement.gradient(seed_problem, max_memory=1000, **small)
+    with pytest.raises(PlacementError, match="max_memory"):  # checked before anything is built
+        placement.relocate(seed_problem, steps=1, max_memory="lots")
+
+
+def test_gradient_cli_memory_too_small_stops_before_sampling_with_one_error(tmp_path):
+    from inprocess import placement
+
+    os.environ.setdefault("PLACEMENT_CACHE", str(tmp_path.parent / "jaxcache"))
+    out = tmp_path / "out"
+    r = placement("gradient", "max_memory=1000", f"hydra.run.dir={out}")
+    assert r.code == 2, r.show()
+    assert "error: the gradient's terms (n=10 points" in r.err and "max_memory allows 1 kB" in r.err, r.show()
+    assert "raise max_memory" in r.err and "Traceback" not in r.err, r.show()
+    assert not out.exists()
+
+
+def test_hyperparameter_draws_in_chunks_equal_one_call(monkeypatch):
+    """The suggest hyperparameter draws' log densities in calls of 4 draws (signals and the
+    budget act between them) are the same computation as one call per round."""
+    from placement.suggest import hyper
+
+    whole = suggest(_frame(), steps=20, **SMALL)
+    monkeypatch.setattr(hyper, "HYPER_WORK", 1.0)  # 4 draws per call
+    assert hyper.round_chunk(12, 256) == 4
+    chunked = suggest(_frame(), steps=20, **SMALL)
+    for a, b in zip(whole.attrs["info"]["hyper"], chunked.attrs["info"]["hyper"]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(whole.values, chunked.values)
+
+
 # -- real processes -----------------------------------------------------------------------------------
 def _start(args, tmp_path):
     env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path.parent / "jaxcache"))

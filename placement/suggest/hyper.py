@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from placement import gpjax
+from placement import budget, gpjax
 from placement.errors import PlacementError
 from placement.suggest.config import SUGGEST_SAMPLERS
 from placement.suggest.kernel import as_kernel, kmat, pymc_class
@@ -130,14 +130,41 @@ def _closed_tools(kernel):
     cfg = ISConfig(pilot="laplace")
 
     @functools.partial(jax.jit, static_argnames=("num",))
-    def is_round(key, prop, X, y, num):
-        """One round of importance draws: (next key, num draws, their log weights)."""
+    def draws(key, prop, num):
+        """One round's importance draws: (next key, num draws, their log proposal density)."""
         key, sub = jax.random.split(key)
         th = proposal_sample(sub, prop, num, cfg)
-        lw = jax.lax.map(lambda t: logp(t, X, y), th, batch_size=4) - proposal_logpdf(prop, th, cfg)
-        return key, th, lw
+        return key, th, proposal_logpdf(prop, th, cfg)
+
+    log_densities = jax.jit(lambda th, X, y: jax.lax.map(lambda t: logp(t, X, y), th, batch_size=4))
+
+    def is_round(key, prop, X, y, num):
+        """One round: (next key, num draws, their log weights). The log densities (an n x n
+        Cholesky each) run in compiled calls of ``round_chunk(n, num)`` draws; between calls
+        ``budget.checkpoint`` reports progress and lets the time budget and signals act."""
+        key, th, log_q = draws(key, prop, num)
+        th = np.asarray(th)
+        size = round_chunk(X.shape[0], num)
+        lp = []
+        for i in range(0, num, size):
+            if i:
+                budget.checkpoint(i, num, "hyperparameter draws")
+            lp.append(np.asarray(log_densities(th[i : i + size], X, y)))
+        return key, th, np.concatenate(lp) - np.asarray(log_q)
 
     return score, jax.jit(logp), is_round
+
+
+HYPER_WORK = 5e8  # draws x n^3 per compiled call of the hyperparameter log density: about 1 s on one core
+
+
+def round_chunk(n: int, num: int) -> int:
+    """Draws per compiled call in a round of num: all of them for small n, fewer (a power of
+    two, at least 4, dividing num) as the n x n Cholesky grows, so a call takes about a second."""
+    c = 1 << int(np.log2(max(4.0, min(float(num), HYPER_WORK / max(n, 1) ** 3))))
+    while num % c:
+        c //= 2
+    return max(c, 1)
 
 
 def _initial_theta(d):
@@ -219,10 +246,15 @@ def _importance(Xn, yn, kernel, mode, cov, seed, num):
     target = max(4 * num, 64)
     prop = proposal_from_moments(jnp.asarray(mode), jnp.asarray(cov))
     key = jax.random.PRNGKey(seed + 7)
-    thetas, logw, used = [], [], 0
+    thetas, logw, used, last = [], [], 0, None
     while True:
-        key, th, lw = is_round(key, prop, X, y, rnd)
-        lw = np.asarray(lw)
+        try:
+            key, th, lw = is_round(key, prop, X, y, rnd)
+        except budget.OutOfTime:  # mid-round: the rounds completed so far stand
+            if last is None:
+                raise budget.nothing_yet(budget.current().max_seconds, "the hyperparameter draws had a first round") \
+                    from None
+            return last
         thetas.append(np.asarray(th))
         logw.append(np.where(np.isfinite(lw), lw, -np.inf))
         used += rnd
@@ -230,8 +262,9 @@ def _importance(Xn, yn, kernel, mode, cov, seed, num):
         W = np.exp(LW - LW.max())
         W /= W.sum()
         ess = 1.0 / np.sum(W**2)
-        if used >= cap or (ess >= target and used >= least):
-            return T, W
+        last = (T, W)
+        if used >= cap or (ess >= target and used >= least) or budget.current().passed():
+            return T, W  # a spent time budget: the search then returns its first batch, marked cut short
         if ess < 0.1 * len(W):
             mean = W @ T
             c = (W[:, None] * (T - mean)).T @ (T - mean)
