@@ -1,4 +1,4 @@
-"""The criteria added for issue 12 (ek_variance, hedged_variance), the fantasies' sources
+"""The criteria ek_variance and hedged_variance, the fantasies' sources
 and the kernel options, against NumPy written independently of placement.suggest."""
 
 import jax

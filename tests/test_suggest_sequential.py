@@ -1,4 +1,4 @@
-"""Pending points and ask/tell (issue 12, item 4)."""
+"""Pending points and ask/tell."""
 
 import json
 
