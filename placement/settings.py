@@ -99,13 +99,16 @@ def sampler_config(sampler: Any = "importance", root: str = "gradient", **values
     """A sampler config object: a name from ``conf/sampler/`` with keywords on top of its yaml
     defaults, or a config object (keywords then replace its fields)."""
     if not isinstance(sampler, str):
-        if not dataclasses.is_dataclass(sampler):
+        named_tuple = isinstance(sampler, tuple) and hasattr(sampler, "_fields")  # e.g. laplace.MAPConfig
+        if not (dataclasses.is_dataclass(sampler) or named_tuple):
             raise PlacementError(f"sampler must be a name ({', '.join(options('sampler'))}) or a sampler config "
                                  f"object such as placement.importance.ISConfig; got {type(sampler).__name__}.")
         try:
-            return dataclasses.replace(sampler, **values) if values else sampler
-        except TypeError:
-            known = ", ".join(f.name for f in dataclasses.fields(sampler))
+            if not values:
+                return sampler
+            return sampler._replace(**values) if named_tuple else dataclasses.replace(sampler, **values)
+        except (TypeError, ValueError):
+            known = ", ".join(sampler._fields if named_tuple else (f.name for f in dataclasses.fields(sampler)))
             raise PlacementError(f"unknown sampler option among {', '.join(values)}; {type(sampler).__name__} "
                                  f"takes: {known}.") from None
     cfg = compose(root, {"sampler": sampler})

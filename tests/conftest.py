@@ -24,12 +24,12 @@ from placement.problems import seed_gp
 # the heaviest files with few tests (test_properties.py, test_quiet.py) last, while the other
 # worker ran out of files and waited. Longest first instead (the greedy schedule that balances the
 # two workers best): these files, heaviest first, then every other file in collection order.
-# Rough seconds on one worker of a 2-core machine (estimated from per-test durations, not all
-# measured): paths ~400, properties ~260, suggest ~200, cli ~150, cli_run ~140, retry ~80, quiet ~70,
-# launchers and sharding (CLI processes) ~40-60 each. Keep the list in that order as files change
-# (a name with no file is ignored).
-SLOWEST_FIRST = ["test_paths.py", "test_properties.py", "test_suggest.py", "test_cli.py", "test_cli_run.py",
-                 "test_retry.py", "test_quiet.py", "test_launchers.py", "test_sharding.py"]
+# Rough CPU seconds on one worker of a 2-core machine (estimated from per-test CPU time, not all
+# measured on a quiet machine): paths ~390, suggest ~200, properties ~150, cli_run ~120, retry ~80,
+# quiet ~70, cli ~70 (in process since), launchers and sharding (CLI processes) ~40-60 each. Keep
+# the list in that order as files change (a name with no file is ignored).
+SLOWEST_FIRST = ["test_paths.py", "test_suggest.py", "test_properties.py", "test_cli_run.py", "test_retry.py",
+                 "test_quiet.py", "test_cli.py", "test_launchers.py", "test_sharding.py"]
 
 
 def pytest_configure(config):

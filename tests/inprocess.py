@@ -82,3 +82,10 @@ def assert_clear_error(r: Result, *needles: str) -> None:
     assert len(errors) == 1, r.show()
     for n in needles:
         assert n in errors[0], r.show()
+
+
+def default_sigint():
+    """In the child, before Python starts: SIGINT handled by default. A test suite started in the
+    background (`pytest &` from a script) inherits SIGINT ignored, and Python then never installs
+    its KeyboardInterrupt handler, so the child would ignore the SIGINT a test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -1,5 +1,12 @@
 """The command line end to end: ``placement gradient``'s output files, overrides, and clear errors
-for bad input. ``placement run``'s outputs, interruption and reproducibility: test_cli_run.py."""
+for bad input. ``placement run``'s outputs, interruption and reproducibility: test_cli_run.py.
+
+Speed: the CLI runs in this process (``placement.cli.main``, tests/inprocess.py), so the imports
+(~6 s of CPU per process) are paid once, not once per case. What only a real process shows is
+tested in real processes: a whole stderr of one ``error:`` line (nothing else on it, import-time
+warnings included) below in test_a_setting_a_sampler_refuses_is_one_clear_error; ``python -m
+placement.cli gradient``'s table and a quiet terminal in test_quiet.py; interruption and
+resume in test_cli_run.py; parallel sweeps in test_launchers.py."""
 
 import json
 import os
@@ -10,14 +17,42 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from inprocess import placement
+
 FAST = ["sampler.num_samples=4096", "sampler.pilot_iters=4", "sampler.rel_se=0"]
 
 
-def run(args, tmp_path, env_extra=None):
+@pytest.fixture(scope="module", autouse=True)
+def _cli_environment(tmp_path_factory):
+    """One private compile cache for the module; Python's stderr left alone (the fd-2 filter of
+    placement.runtime would replace sys.stderr in this process)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PLACEMENT_CACHE", str(tmp_path_factory.mktemp("jaxcache")))
+        mp.setenv("PLACEMENT_RAW_STDERR", "1")
+        yield
+
+
+class Done:
+    """What the tests read of a finished command (the names of subprocess.CompletedProcess)."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run(args, tmp_path, path=None):
+    """``placement ARGS`` in this process; ``path``: a folder importable for the command (a
+    user's model module), as PYTHONPATH would make it."""
+    with pytest.MonkeyPatch.context() as mp:
+        if path is not None:
+            mp.syspath_prepend(str(path))
+        r = placement(*args)
+    return Done(r.code, r.out, r.err)
+
+
+def run_process(args, tmp_path):
+    """``python -m placement.cli ARGS`` in a new process."""
     env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path.parent / "jaxcache"))
-    for k, v in (env_extra or {}).items():  # PYTHONPATH: prepended, so a PYTHONPATH already set still holds
-        env[k] = os.pathsep.join(filter(None, [v, os.environ.get(k)])) if k == "PYTHONPATH" else v
+    env.pop("PLACEMENT_RAW_STDERR", None)  # the CLI's own stderr handling, as a user gets it
     return subprocess.run([sys.executable, "-m", "placement.cli", *args], capture_output=True, text=True,
                           timeout=600, cwd=tmp_path, env=env)
 
@@ -51,7 +86,7 @@ def test_custom_model_and_design_override(tmp_path):
     out = tmp_path / "run"
     r = run(["gradient", "problem=custom", "problem.builder=mymodel:build_model", "objective=custom", "objective.name=slope_sq",
              "sampler=quadrature", "sampler.points=33", f"hydra.run.dir={out}",
-             "X=[-1.0,-0.5,0.0,0.2,0.6,1.0]"], tmp_path, {"PYTHONPATH": str(tmp_path)})
+             "X=[-1.0,-0.5,0.0,0.2,0.6,1.0]"], tmp_path, path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "gradient.json").read_text())
     assert res["X"] == [-1.0, -0.5, 0.0, 0.2, 0.6, 1.0]
@@ -97,7 +132,7 @@ def test_a_setting_a_sampler_refuses_is_one_clear_error(tmp_path):
     """A config class rejecting its settings (inside Hydra's instantiate) is one error line,
     exit 2, no traceback and no output folder."""
     out = tmp_path / "run"
-    r = run(["gradient", f"hydra.run.dir={out}", "sampler.num_samples=1000"], tmp_path)
+    r = run_process(["gradient", f"hydra.run.dir={out}", "sampler.num_samples=1000"], tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "power of two" in lines[0], r.stderr
@@ -140,7 +175,7 @@ def test_model_whose_data_shapes_disagree_gets_one_error(tmp_path):
         """))
     out = tmp_path / "run"
     r = run(["gradient", "problem=custom", "problem.builder=badshapes:build_model", "objective=custom",
-             "objective.name=slope_sq", f"hydra.run.dir={out}"], tmp_path, {"PYTHONPATH": str(tmp_path)})
+             "objective.name=slope_sq", f"hydra.run.dir={out}"], tmp_path, path=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "describe the same points" in r.stderr and "(6,)" in r.stderr and "(5,)" in r.stderr
     assert "Traceback" not in r.stderr and "ERROR" not in r.stderr

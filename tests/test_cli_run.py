@@ -1,10 +1,11 @@
 """``placement run`` end to end, in real processes: the output files, a run killed by SIGTERM,
-SIGINT or SIGKILL and resumed, and two fresh runs with the same seed.
+SIGINT or SIGKILL and resumed, and fresh runs with the same seed repeating each other bit for bit.
 
 Every CLI process here pays the imports, the model export and loading its programs from the
 compile cache (~15-20 s on the suite's machine; a step is ~0.1 s), so the tests share one
-uninterrupted reference run (a module fixture): its files are checked as the run's outputs, the
-killed-and-resumed run must end bit-identical to it, and a second fresh run must repeat it.
+uninterrupted reference run (a module fixture): its files are checked as the run's outputs, and
+the killed-and-resumed run, which starts as a second fresh run with the same seed (no
+``resume=true``), must end bit-identical to it, every row of its trajectory included.
 (``placement run -m`` with ``summarize``, and a refused second run into a used folder, are
 tested in process in test_paths.py.)
 """
@@ -50,6 +51,8 @@ def test_run_writes_trajectory_result_and_plots(reference):
     res = json.loads((out / "result.json").read_text())
     assert res["steps"] == 20 and len(res["X"]) == 10 and "pymc" in res["versions"]
     assert res["settings"]["objective"]["name"] == "integrated_variance"
+    assert res["versions"]["jax"] == "0.9.2" and res["settings"]["seed"] == 4
+    assert res["settings"]["sampler"]["num_samples"] == 2048  # the resolved config, overrides included
     assert all(0.0 <= x <= 10.0 for x in res["X"])
     for png in ["points.png", "objective.png", "predictive.png", "config.yaml"]:
         assert (out / png).exists(), png
@@ -64,11 +67,25 @@ def _wait_rows(path, rows, timeout=300):
     raise AssertionError(f"{path} never reached {rows} rows")
 
 
-def test_run_survives_sigterm_sigint_and_sigkill_at_any_moment(tmp_path, reference):
+def _numbers(path):
+    """The trajectory's lines without the wall-time column."""
+    lines = path.read_text().splitlines()
+    idx = lines[0].split(",").index("step_seconds")
+    return [",".join(c for i, c in enumerate(line.split(",")) if i != idx) for line in lines]
+
+
+def test_run_survives_sigterm_sigint_and_sigkill_at_any_moment_and_repeats_a_fresh_run(tmp_path, reference):
     """One run killed four times (SIGTERM during start-up, then SIGINT, SIGTERM and SIGKILL
     mid-run at staggered moments), resumed after each: every checkpoint left behind is
-    readable, nothing half-written appears, and the final X and F equal an uninterrupted run's."""
+    readable, nothing half-written appears, and the final X and F equal an uninterrupted run's.
+
+    Reproducibility too: the run's first real start (the one stopped by SIGINT) is a plain fresh
+    run (no resume=true, no checkpoint yet) with the reference's overrides and seed, and the
+    finished run's trajectory must equal the reference's in every number but the wall time,
+    and its X, F and F_se bit for bit: so a second fresh run repeats the first (its first
+    steps are its own), and resuming changes nothing after them."""
     from placement.loop import load_checkpoint
+    from inprocess import default_sigint
 
     part = tmp_path / "part"
     env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path.parent / "jaxcache"))
@@ -76,8 +93,13 @@ def test_run_survives_sigterm_sigint_and_sigkill_at_any_moment(tmp_path, referen
     plan = [(signal.SIGTERM, None, 1.0), (signal.SIGINT, 2, 0.05), (signal.SIGTERM, 5, 0.13), (signal.SIGKILL, 8, 0.29)]
     survived = 0
     for sig, after_rows, delay in plan:
-        p = subprocess.Popen([sys.executable, "-m", "placement.cli", *ARGS, f"hydra.run.dir={part}", "resume=true"],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # the SIGINT start is the fresh run: the start-up SIGTERM came before any step was saved
+        resume = [] if sig == signal.SIGINT else ["resume=true"]
+        if sig == signal.SIGINT:
+            assert not (part / "checkpoint.pkl").exists()
+        p = subprocess.Popen([sys.executable, "-m", "placement.cli", *ARGS, f"hydra.run.dir={part}", *resume],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
         if after_rows is not None:
             _wait_rows(traj, after_rows)
         time.sleep(delay)
@@ -101,20 +123,8 @@ def test_run_survives_sigterm_sigint_and_sigkill_at_any_moment(tmp_path, referen
     a = json.loads((reference / "result.json").read_text())
     b = json.loads((part / "result.json").read_text())
     assert survived == 4 and not list(part.glob(".*.tmp"))
-    assert a["X"] == b["X"] and a["F"] == b["F"] and b["steps"] == 20
-
-
-def test_same_config_and_seed_give_bit_identical_runs(tmp_path, reference):
-    """Reproducibility: two fresh runs (the reference and one more), same overrides and seed ->
-    identical trajectory and result."""
-    r = run([*ARGS, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    outs = [reference, tmp_path / "b"]
-    ta, tb = ((o / "trajectory.csv").read_text().splitlines() for o in outs)
-    drop = lambda lines: [",".join(c for i, c in enumerate(l.split(",")) if i != idx) for l in lines]  # noqa: E731
-    idx = ta[0].split(",").index("step_seconds")
-    assert len(ta) == 21 and drop(ta) == drop(tb)  # every number but the wall time
-    ra, rb = (json.loads((o / "result.json").read_text()) for o in outs)
-    assert ra["X"] == rb["X"] and ra["F"] == rb["F"] and ra["F_se"] == rb["F_se"]
-    assert ra["versions"]["jax"] == "0.9.2" and ra["settings"]["seed"] == 4
-    assert ra["settings"]["sampler"]["num_samples"] == 2048  # the resolved config, overrides included
+    assert a["X"] == b["X"] and a["F"] == b["F"] and a["F_se"] == b["F_se"] and b["steps"] == 20
+    ta, tb = _numbers(reference / "trajectory.csv"), _numbers(traj)
+    assert len(ta) == 21 and ta == tb  # every number but the wall time
+    assert {k: v for k, v in a["settings"].items() if k != "resume"} == {
+        k: v for k, v in b["settings"].items() if k != "resume"}

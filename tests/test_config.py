@@ -71,3 +71,12 @@ def test_builtin_objectives_exist_in_the_builtin_problems(objective):
     problem = build_problem(cfg.problem, instantiate(cfg.kernel), cfg.objective.name)
     assert problem.jm.objective_name == cfg.objective.name
     assert cfg.objective.direction in ("minimize", "maximize")
+
+
+def test_importance_large_preset():
+    """sampler=importance_large is the importance sampler (its paths are tested there) with the
+    sizes its docs promise: a Laplace pilot, 32 RQMC sets of 16 extended to 5% relative SE."""
+    cfg = instantiate(_compose(["sampler=importance_large"], name="gradient").sampler)
+    assert isinstance(cfg, ISConfig)
+    assert (cfg.pilot, cfg.num_samples, cfg.qmc_groups, cfg.rel_se) == ("laplace", 512, 32, 0.05)
+    assert cfg.aim_samples + cfg.num_samples + cfg.adapt_samples <= 1280

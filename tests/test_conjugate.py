@@ -21,6 +21,22 @@ def conj():
     return Problem("conjugate", jm), F, g
 
 
+@pytest.fixture(scope="module")
+def engine_for(conj):
+    """One compiled engine per sampler configuration for the module (compiling one costs
+    ~15-20 s of CPU, an estimate a fraction of that): the importance and quadrature engines
+    serve two tests each. Every estimate still starts from a fresh sampler state (api.gradient
+    initialises it at the design it is given)."""
+    engines = {}
+
+    def get(cfg):
+        if repr(cfg) not in engines:
+            engines[repr(cfg)] = Engine(conj[0].jm, cfg)
+        return engines[repr(cfg)]
+
+    return get
+
+
 # se_cap: |grad_se| / |grad| may not exceed about twice what each sampler gave (measured 0.048
 # importance, 0.098-0.117 NUTS; quadrature 6e-9, its round-off floor), so an inflated SE cannot
 # buy a pass. test_quadrature_is_exact_on_the_conjugate_model holds quadrature to round-off.
@@ -30,9 +46,9 @@ def conj():
      (QuadConfig(), 1e-6)],
     ids=["importance", "nuts", "quadrature"],
 )
-def test_sampler_matches_closed_form(conj, cfg, se_cap):
+def test_sampler_matches_closed_form(conj, engine_for, cfg, se_cap):
     problem, F, g = conj
-    engine = Engine(problem.jm, cfg)
+    engine = engine_for(cfg)
     for seed in range(2):
         est = gradient(problem, cfg, seed=seed, engine=engine)
         assert est.F == pytest.approx(F, abs=4 * est.F_se + 1e-6)
@@ -43,13 +59,13 @@ def test_sampler_matches_closed_form(conj, cfg, se_cap):
         assert est.diagnostics["divergences"] == 0
 
 
-def test_quadrature_is_exact_on_the_conjugate_model(conj):
+def test_quadrature_is_exact_on_the_conjugate_model(conj, engine_for):
     """The Gaussian posterior is integrated to round-off (the error measured 1e-14 relative),
     at the design the grid was allocated at and at another; the standard error is at its
     1e-9 relative floor, not inflated, and still covers the error."""
     problem, F0, g0 = conj
     X1 = np.sort(np.random.default_rng(3).uniform(-2, 2, len(problem.jm.X)))
-    engine = Engine(problem.jm, QuadConfig())
+    engine = engine_for(QuadConfig())
     for X, (F, g) in [(problem.jm.X, (F0, g0)), (X1, closed_form(X1, problem.jm.y))]:
         est = gradient(problem, None, X=X, seed=0, engine=engine)
         d = est.diagnostics
@@ -60,14 +76,14 @@ def test_quadrature_is_exact_on_the_conjugate_model(conj):
         assert abs(est.F - F) <= 4 * est.F_se + 1e-13 and est.F_se < 1e-7 * abs(F)
 
 
-def test_gradient_at_a_new_design_reuses_the_compiled_engine(conj):
+def test_gradient_at_a_new_design_reuses_the_compiled_engine(conj, engine_for):
     """A second estimate at another design traces and compiles nothing (every compiled
     function takes X as a runtime input), and it is right at that design."""
     import jax
 
     problem, _, _ = conj
-    engine = Engine(problem.jm, ISConfig(num_samples=8192))
-    gradient(problem, None, seed=4, engine=engine)  # compiles everything the estimate needs
+    engine = engine_for(ISConfig(num_samples=8192))  # the module's, perhaps used already
+    gradient(problem, None, seed=4, engine=engine)  # compiles everything the estimate needs (if not yet)
     X2 = problem.jm.X + np.linspace(-0.3, 0.3, len(problem.jm.X))
     F2, g2 = closed_form(X2, problem.jm.y)
     watched = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")

@@ -21,6 +21,7 @@ import pytest
 from placement import budget, memory
 from placement.errors import PlacementError
 from placement.suggest import search, suggest
+from inprocess import default_sigint
 
 SMALL = dict(k=2, bounds=[[0, 10]], restarts=8, num_hyper=4, num_fantasies=4, grid=32, progress="off")
 
@@ -164,7 +165,8 @@ def test_hyperparameter_draws_in_chunks_equal_one_call(monkeypatch):
 def _start(args, tmp_path):
     env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path.parent / "jaxcache"))
     return subprocess.Popen([sys.executable, "-m", "placement.cli", *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint)
+
 
 
 def _signal_mid_work(p, sig, prefix):
