@@ -28,8 +28,10 @@ from placement.problems import seed_gp
 # measured on a quiet machine): paths ~390, suggest ~200, properties ~150, cli_run ~120, retry ~80,
 # quiet ~70, cli ~70 (in process since), launchers and sharding (CLI processes) ~40-60 each. Keep
 # the list in that order as files change (a name with no file is ignored).
-SLOWEST_FIRST = ["test_paths.py", "test_suggest.py", "test_properties.py", "test_cli_run.py", "test_retry.py",
-                 "test_quiet.py", "test_cli.py", "test_launchers.py", "test_sharding.py"]
+SLOWEST_FIRST = ["test_paths.py", "test_suggest.py", "test_properties.py", "test_examples.py", "test_design_mode.py",
+                 "test_hsgp.py", "test_cli_run.py", "test_api.py", "test_long_work.py", "test_retry.py",
+                 "test_quiet.py", "test_cli.py", "test_launchers.py", "test_sharding.py", "test_suggest_criteria.py",
+                 "test_suggest_sequential.py"]
 
 
 def pytest_configure(config):

@@ -268,6 +268,9 @@ PRESETS = {
     "seed_nuts_warm": NUTS_SMALL,
     "seed_posterior_mean": IS_SMALL,
     "simulator_forrester": IS_SMALL,
+    "design_fixed": IS_SMALL,
+    "design_simulator": IS_SMALL,
+    "design_predictive": [*IS_SMALL, "problem.fantasies=2"],
 }
 
 
@@ -281,7 +284,7 @@ def test_preset_runs(tmp_path, preset):
     out = tmp_path / "out"
     r = placement("run", f"experiment={preset}", f"hydra.run.dir={out}", "steps=2", *PRESETS[preset], *RETRY)
     assert_ok(r)
-    shape = DESIGN_SHAPE["simulator" if preset.startswith("simulator") else "seed_gp"]
+    shape = DESIGN_SHAPE["simulator" if preset.startswith(("simulator", "design_simulator")) else "seed_gp"]
     check_run_dir(out, 2, shape, predictive=True)
 
 
@@ -311,7 +314,8 @@ def test_preset_values_are_applied(preset, expected):
 
 
 # -- suggest: every criterion x sampler -------------------------------------------------------
-CRITERIA = ["expected_total_variance", "integrated_variance", "max_variance", "mutual_information"]
+CRITERIA = ["expected_total_variance", "integrated_variance", "max_variance", "mutual_information", "ek_variance",
+            "hedged_variance"]
 SUGGEST_SAMPLERS = ["importance", "nuts", "map"]
 SUGGEST_SMALL = ["search.restarts=2", "search.steps=20", "search.num_hyper=8", "search.num_fantasies=4",
                  "search.grid=32"]
