@@ -116,19 +116,10 @@ def to_inference_data(estimate: Any, jm, X, y, weights=None, num_draws: int | No
 
 def write_netcdf(idata, path) -> Any:
     """``idata.to_netcdf`` to a temporary file in the same folder, renamed into place."""
-    import os
-    import tempfile
     from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    from placement.io import atomic_target
+
+    with atomic_target(path) as tmp:
         idata.to_netcdf(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
