@@ -12,16 +12,22 @@ from placement.errors import PlacementError
 
 def read_table(path, x_columns=None, y_column: str = "y"):
     """Read a CSV into (X (n, d), y (n,), x column names) with clear errors."""
+    df = read_csv(path, "data file", "data=path/to/file.csv")
+    return frame_to_arrays(df, x_columns, y_column, source=str(path))
+
+
+def read_csv(path, what: str, hint: str):
+    """A CSV file as a DataFrame, or one PlacementError naming ``what`` and how to give it."""
     import pandas as pd
 
     p = Path(str(path))
     if not p.exists():
-        raise PlacementError(f"data file {p} does not exist; give data=path/to/file.csv.")
+        raise PlacementError(f"{what} {p} does not exist; give {hint}.")
     try:
-        df = pd.read_csv(p)
+        return pd.read_csv(p)
     except Exception as e:  # pandas raises many types for unreadable files
-        raise PlacementError(f"cannot read {p} as CSV ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
-    return frame_to_arrays(df, x_columns, y_column, source=str(p))
+        raise PlacementError(f"cannot read {what} {p} as CSV ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}).") from None
 
 
 def frame_to_arrays(df, x_columns=None, y_column: str = "y", source: str = "the table"):
@@ -114,15 +120,7 @@ def check_pending(pending, d: int, names=None):
     if pending is None:
         return np.zeros((0, d))
     if isinstance(pending, (str, Path)):
-        import pandas as pd
-
-        p = Path(str(pending))
-        if not p.exists():
-            raise PlacementError(f"pending file {p} does not exist; give pending=path/to/points.csv.")
-        try:
-            pending = pd.read_csv(p)
-        except Exception as e:  # pandas raises many types for unreadable files
-            raise PlacementError(f"cannot read pending points {p} as CSV ({type(e).__name__}).") from None
+        pending = read_csv(pending, "pending file", "pending=path/to/points.csv")
     if hasattr(pending, "iloc"):
         named = names is not None and all(str(c) in map(str, pending.columns) for c in names)
         pending = pending[[c for c in pending.columns if str(c) in set(map(str, names))]] if named \
