@@ -32,7 +32,7 @@ Run (resumable: one JSON line per (data set, split, method) in results/real_data
 done ones are skipped; splits run in order so a partial run is balanced):
   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" OMP_NUM_THREADS=1 nice -n 19 \
       python experiments/real_data.py --splits 20 [--datasets a,b] [--methods m1,m2]
-  python experiments/real_data.py --report       (results/real_data.md and .png only)
+  python experiments/real_data.py --report       (results/real_data.md and .png only; --log X.jsonl: X.md, X.png)
 """
 
 from __future__ import annotations
@@ -59,6 +59,39 @@ CRITERIA = ("expected_total_variance", "integrated_variance", "ek_variance", "he
             "mutual_information")
 PLACEMENT = tuple(f"{c}/{s}" for c in CRITERIA for s in ("map", "bayes"))
 METHODS = PLACEMENT + ("random", "sobol", "maximin", "maxvar", "botorch")
+# Variants: "criterion/sampler+option+option", each option a SuggestConfig setting (options());
+# run with --methods and their own --log. The ones screened:
+VARIANTS = ("expected_total_variance/bayes+spacing", "integrated_variance/bayes+spacing",
+            "integrated_variance/map+spacing", "expected_total_variance/bayes+expquad",
+            "expected_total_variance/bayes+h64", "expected_total_variance/bayes+ns0.2",
+            "mutual_information/bayes+spacing", "hedged_variance/bayes+spacing")
+
+
+def options(tokens):
+    """SuggestConfig settings of a variant's options: spacing (ell_prior="spacing"), a kernel
+    name (kernel=...), hN (num_hyper=N), fN (num_fantasies=N), nsX (noise_sd=X)."""
+    from placement.kernels import KERNELS
+
+    out = {}
+    for t in tokens:
+        if t == "spacing":
+            out["ell_prior"] = "spacing"
+        elif t in KERNELS:
+            out["kernel"] = t
+        elif t[:1] == "h" and t[1:].isdigit():
+            out["num_hyper"] = int(t[1:])
+        elif t[:1] == "f" and t[1:].isdigit():
+            out["num_fantasies"] = int(t[1:])
+        elif t[:2] == "ns":
+            out["noise_sd"] = float(t[2:])
+        else:
+            raise SystemExit(f"unknown variant option {t!r}")
+    return out
+
+
+def is_placement(method):
+    base = method.split("+")[0]
+    return base in PLACEMENT
 
 
 # -- data sets -------------------------------------------------------------------------------
@@ -173,11 +206,12 @@ def snap(points, Xn, taken):
     return out
 
 
-def _ours(Xn, yo, k, seed, criterion, sampler):
+def _ours(Xn, yo, k, seed, criterion, sampler, **opts):
     from placement.suggest import SuggestConfig, suggest_arrays
 
     bounds = np.tile([0.0, 1.0], (Xn.shape[1], 1))
-    pts, _ = suggest_arrays(Xn, yo, bounds, SuggestConfig(k=k, criterion=criterion, sampler=sampler, seed=seed))
+    pts, _ = suggest_arrays(Xn, yo, bounds, SuggestConfig(k=k, criterion=criterion, sampler=sampler, seed=seed,
+                                                          progress="off", **opts))
     return pts
 
 
@@ -233,9 +267,10 @@ def pick(method, Xn, y, start, seed):
     """Indices of the K measurements the method adds to start."""
     yo = (y[start] - y[start].mean()) / (y[start].std() or 1.0)
     rest = np.setdiff1d(np.arange(len(y)), start)
-    if method in PLACEMENT:
-        crit, sampler = method.split("/")
-        return snap(_ours(Xn[start], yo, K, seed, crit, sampler), Xn, start)
+    if is_placement(method):
+        base, *tokens = method.split("+")
+        crit, sampler = base.split("/")
+        return snap(_ours(Xn[start], yo, K, seed, crit, sampler, **options(tokens)), Xn, start)
     if method == "random":
         return [int(i) for i in np.random.default_rng(10_000 + seed).choice(rest, K, replace=False)]
     if method == "sobol":
@@ -341,6 +376,7 @@ def report():
     summ = summarise()
     datasets = [d for d in DATASETS if any(k[0] == d for k in summ)]
     methods = [m for m in METHODS if any(k[1] == m for k in summ)]
+    methods += sorted({k[1] for k in summ} - set(methods))
     lines = ["# Suggestions on real data: share of random picks that beat each method", "",
              f"N0 = {N0} starting points by dimension, K = {K} suggested, {NUM_RANDOM} random picks per split; "
              "share +- SE over splits (n = splits); lower is better, 0.5 = random. Evaluators: scikit-learn GP "
@@ -361,7 +397,7 @@ def report():
         secs = [summ[(d, m)]["seconds"] for d in datasets if (d, m) in summ]
         mean = [f"{np.mean(means[ev]):.2f}" if len(means[ev]) == len(datasets) else "" for ev in ("sklearn", "bayes")]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean[0]} | {mean[1]} | {np.median(secs):.1f} |")
-    (OUT / "real_data.md").write_text("\n".join(lines) + "\n")
+    LOG.with_suffix(".md").write_text("\n".join(lines) + "\n")  # real_data.md for the default log
     print("\n".join(lines))
     import matplotlib
 
@@ -383,7 +419,7 @@ def report():
     axes[0].invert_yaxis()
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT / "real_data.png", dpi=120)
+    fig.savefig(LOG.with_suffix(".png"), dpi=120)
 
 
 def main():

@@ -333,7 +333,8 @@ def _suggest(cfg) -> None:
     kopts = {o: plain(cfg.kernel[o]) for o in ("alpha", "period") if o in cfg.kernel}
     pending = cfg.get("pending", None)
     scfg = SuggestConfig(k=cfg.k, criterion=str(cfg.criterion), kernel=kname, seed=cfg.seed,
-                         sampler=_suggest_mode(cfg.sampler), max_seconds=cfg.get("max_seconds") or 0.0,
+                         sampler=_suggest_mode(cfg.sampler), ell_prior=str(cfg.get("ell_prior", "fixed")),
+                         noise_sd=cfg.get("noise_sd", 0.5), max_seconds=cfg.get("max_seconds") or 0.0,
                          max_memory=plain(cfg.get("max_memory")), progress="auto",
                          **kopts, **{k: v for k, v in cfg.search.items()})
     pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg, None if pending is None else str(pending), names)

@@ -25,6 +25,8 @@ class SuggestConfig:
     learning_rate: float = 0.02
     seed: int = 0
     sampler: str = "bayes"  # "bayes": posterior by importance sampling; "nuts": by NUTS; "map": the mode only
+    ell_prior: str = "fixed"  # length-scale prior: "fixed" (InverseGamma mean 0.3, sd 0.2 of the box) | "spacing"
+    noise_sd: float = 0.5  # HalfNormal sd of the noise sd (standardised y)
     alpha: float = 2.0  # ratquad kernel's shape
     period: object = None  # periodic kernel's period in the data's units (a number, or one per input column)
     max_seconds: float = 0.0  # time budget of the whole request (0 = none): the best batch so far, marked cut short
@@ -67,6 +69,11 @@ class SuggestConfig:
         if self.kernel == "periodic" and self.period is None:
             raise PlacementError("the periodic kernel needs a period in the data's units, e.g. period=5.")
         num("alpha", float, 1e-12, "a positive number")
+        num("noise_sd", float, 1e-12, "a positive number")
+        from placement.suggest.hyper import ELL_PRIORS
+
+        if self.ell_prior not in ELL_PRIORS:
+            raise PlacementError(f"ell_prior must be one of {', '.join(ELL_PRIORS)}; got {self.ell_prior!r}.")
         from placement import budget, memory, progress
 
         budget.check_seconds(self.max_seconds)

@@ -6,11 +6,18 @@ export). The mode by Newton's method with the closed-form observed information (
 SUBSET points on a subset first, then polished on all the data); M draws by
 Laplace-centred importance sampling resampled by weight ("bayes"), by NUTS on the PyMC
 model ("nuts"), or the mode alone ("map").
+
+The length-scale prior is InverseGamma per input column: "fixed" (mean ELL_MU, sd ELL_SD
+on [0, 1]-scaled inputs, whatever the data), or "spacing" (spacing_prior: 1% of the mass
+below the smallest gap between the observed values of the column, 1% above the box's span),
+so data sampled finely can support short length scales. The priors are runtime arrays
+(HyperPrior), so a new prior does not recompile.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,39 +33,108 @@ from placement.suggest.kernel import as_kernel, kmat, pymc_class
 ELL_MU, ELL_SD, ETA_SD, SIGMA_SD = 0.3, 0.2, 1.5, 0.5
 ML_JITTER = 1e-6  # pm.gp.Marginal's default jitter on the marginal likelihood's covariance
 SUBSET = 200  # above this many points the mode search starts on a random subset of this size
+ELL_PRIORS = ("fixed", "spacing")
+SPACING_TAIL = 0.01  # spacing_prior: prior mass below the smallest gap, and above the span
+SPACING_FLOOR = 1e-3  # ... the smallest gap it uses (normalised units), so coincident values stay harmless
 
 
-def suggest_model(Xn, yn, kernel_cls):
-    """GP on normalised inputs and standardised y; weakly informative priors for that scale."""
+class HyperPrior(NamedTuple):
+    """Priors of suggest_model: ell_j ~ InverseGamma(a_j, b_j), eta ~ HalfNormal(eta_sd),
+    sigma ~ HalfNormal(sigma_sd) on normalised inputs and standardised y."""
+
+    a: np.ndarray  # (d,) shape of each length scale's InverseGamma
+    b: np.ndarray  # (d,) its scale
+    eta_sd: float
+    sigma_sd: float
+
+
+def fixed_prior(d: int, sigma_sd: float = SIGMA_SD) -> HyperPrior:
+    """InverseGamma(mu=ELL_MU, sigma=ELL_SD) on every length scale, as PyMC parametrises it."""
+    a = 2.0 + ELL_MU**2 / ELL_SD**2
+    b = ELL_MU * (ELL_MU**2 + ELL_SD**2) / ELL_SD**2
+    return HyperPrior(np.full(d, a), np.full(d, b), float(ETA_SD), float(sigma_sd))
+
+
+def inverse_gamma_from_tails(lo: float, hi: float, tail: float = SPACING_TAIL):
+    """(a, b) of the InverseGamma with P(ell < lo) = P(ell > hi) = tail (b / ell is Gamma(a, 1))."""
+    from scipy.optimize import brentq
+    from scipy.special import gammainc, gammaincc, gammainccinv
+
+    def b_of(a):  # P(ell < lo) = gammaincc(a, b / lo) = tail
+        return lo * gammainccinv(a, tail)
+
+    def upper(log_a):  # P(ell > hi) - tail = gammainc(a, b / hi) - tail; falls as a grows
+        a = np.exp(log_a)
+        return gammainc(a, b_of(a) / hi) - tail
+
+    log_a = brentq(upper, np.log(1e-2), np.log(1e4), xtol=1e-12)
+    a = float(np.exp(log_a))
+    b = float(b_of(a))
+    assert abs(gammaincc(a, b / lo) - tail) < 1e-6 * tail + 1e-9
+    return a, b
+
+
+def spacing_prior(Xn, sigma_sd: float = SIGMA_SD, tail: float = SPACING_TAIL) -> HyperPrior:
+    """Length-scale priors from the data's spacing: per column j of the [0, 1]-scaled inputs,
+    InverseGamma with mass tail below lo_j, the smallest gap between distinct observed values
+    (at least SPACING_FLOOR), and tail above 1, the box's span."""
+    Xn = np.asarray(Xn, dtype=np.float64)
+    ab = []
+    for col in Xn.T:
+        gaps = np.diff(np.unique(col))
+        lo = float(np.clip(gaps.min() if len(gaps) else 0.5, SPACING_FLOOR, 0.5))
+        ab.append(inverse_gamma_from_tails(lo, 1.0, tail))
+    a, b = np.array(ab).T
+    return HyperPrior(a, b, float(ETA_SD), float(sigma_sd))
+
+
+def make_prior(kind: str, Xn, sigma_sd: float = SIGMA_SD) -> HyperPrior:
+    """The HyperPrior of an ell_prior setting ("fixed" or "spacing") for these inputs."""
+    if kind == "fixed":
+        return fixed_prior(np.asarray(Xn).shape[1], sigma_sd)
+    if kind == "spacing":
+        return spacing_prior(Xn, sigma_sd)
+    raise PlacementError(f"ell_prior must be one of {', '.join(ELL_PRIORS)}; got {kind!r}.")
+
+
+def _as_prior(prior, d: int) -> HyperPrior:
+    return fixed_prior(d) if prior is None else prior
+
+
+def suggest_model(Xn, yn, kernel_cls, prior: HyperPrior | None = None):
+    """GP on normalised inputs and standardised y; weakly informative priors for that scale
+    (prior: a HyperPrior, default fixed_prior)."""
     import pymc as pm
 
     d = Xn.shape[1]
+    pr = _as_prior(prior, d)
     with pm.Model() as model:
         Xd = pm.Data("X", Xn)
         yd = pm.Data("y", yn)
-        ell = pm.InverseGamma("ell", mu=ELL_MU, sigma=ELL_SD, shape=(d,))
-        eta = pm.HalfNormal("eta", sigma=ETA_SD)
-        sigma = pm.HalfNormal("sigma", sigma=SIGMA_SD)
+        ell = pm.InverseGamma("ell", alpha=np.asarray(pr.a, dtype=np.float64), beta=np.asarray(pr.b, dtype=np.float64),
+                              shape=(d,))
+        eta = pm.HalfNormal("eta", sigma=float(pr.eta_sd))
+        sigma = pm.HalfNormal("sigma", sigma=float(pr.sigma_sd))
         gp = pm.gp.Marginal(cov_func=eta**2 * kernel_cls(d, ls=ell))
         gp.marginal_likelihood("y_obs", X=Xd, y=yd, sigma=sigma)
         pm.Deterministic("eta_sq", eta**2)
     return model
 
 
-def _log_prior(theta):
+def _log_prior(theta, prior: HyperPrior | None = None):
     """log prior of suggest_model on the unconstrained scale theta = (log ell (d), log eta,
-    log sigma), log-transform Jacobians included."""
+    log sigma), log-transform Jacobians included (prior: default fixed_prior)."""
     from jax.scipy.special import gammaln
 
-    a = 2.0 + ELL_MU**2 / ELL_SD**2  # InverseGamma(mu, sigma) as PyMC parametrises it
-    b = ELL_MU * (ELL_MU**2 + ELL_SD**2) / ELL_SD**2
+    pr = _as_prior(prior, theta.shape[0] - 2)
+    a, b = jnp.asarray(pr.a), jnp.asarray(pr.b)
     u = theta[:-2]
     ig = jnp.sum(a * jnp.log(b) - gammaln(a) - (a + 1.0) * u - b * jnp.exp(-u) + u)
 
     def half_normal(v, s):
         return 0.5 * jnp.log(2.0 / jnp.pi) - jnp.log(s) - 0.5 * jnp.exp(2.0 * v) / s**2 + v
 
-    return ig + half_normal(theta[-2], ETA_SD) + half_normal(theta[-1], SIGMA_SD)
+    return ig + half_normal(theta[-2], pr.eta_sd) + half_normal(theta[-1], pr.sigma_sd)
 
 
 def _cov(kernel, theta, X):
@@ -67,15 +143,15 @@ def _cov(kernel, theta, X):
     return K + (jnp.exp(2.0 * theta[d + 1]) + ML_JITTER) * jnp.eye(X.shape[0])
 
 
-def hyper_logdensity(kernel, theta, X, y):
+def hyper_logdensity(kernel, theta, X, y, prior: HyperPrior | None = None):
     """log p(theta, y | X) of suggest_model (unconstrained theta, Jacobian included)."""
     L = jnp.linalg.cholesky(_cov(kernel, theta, X))
     z = jax.scipy.linalg.solve_triangular(L, y, lower=True)
     lml = -0.5 * jnp.sum(z * z) - jnp.sum(jnp.log(jnp.diag(L))) - 0.5 * y.shape[0] * jnp.log(2.0 * jnp.pi)
-    return jnp.where(jnp.isfinite(lml), lml, -jnp.inf) + _log_prior(theta)
+    return jnp.where(jnp.isfinite(lml), lml, -jnp.inf) + _log_prior(theta, prior)
 
 
-def _hyper_score(kernel, theta, X, y):
+def _hyper_score(kernel, theta, X, y, prior: HyperPrior | None = None):
     """(log p, gradient, observed information, expected information) at theta, the two
     informations with the prior's curvature added, in closed form: one Cholesky and one
     inverse of the n x n covariance and p products with it, instead of reverse- and
@@ -106,8 +182,8 @@ def _hyper_score(kernel, theta, X, y):
     Wc = jax.lax.stop_gradient(W)
     second = jax.hessian(lambda t: 0.5 * jnp.sum(Wc * _cov(kernel, t, X)))(theta)  # tr(W D_pq) / 2
     obs = Da.T @ Kinv @ Da - F - second
-    lp, gp_ = jax.value_and_grad(_log_prior)(theta)
-    Hp = jax.hessian(_log_prior)(theta)
+    lp, gp_ = jax.value_and_grad(_log_prior)(theta, prior)
+    Hp = jax.hessian(_log_prior)(theta, prior)
     sym = lambda A: 0.5 * (A + A.T)  # noqa: E731
     return lml + lp, grad + gp_, sym(obs - Hp), sym(F - Hp)
 
@@ -136,9 +212,9 @@ def _closed_tools(kernel):
         th = proposal_sample(sub, prop, num, cfg)
         return key, th, proposal_logpdf(prop, th, cfg)
 
-    log_densities = jax.jit(lambda th, X, y: jax.lax.map(lambda t: logp(t, X, y), th, batch_size=4))
+    log_densities = jax.jit(lambda th, X, y, prior: jax.lax.map(lambda t: logp(t, X, y, prior), th, batch_size=4))
 
-    def is_round(key, prop, X, y, num):
+    def is_round(key, prop, X, y, num, prior):
         """One round: (next key, num draws, their log weights). The log densities (an n x n
         Cholesky each) run in compiled calls of ``round_chunk(n, num)`` draws; between calls
         ``budget.checkpoint`` reports progress and lets the time budget and signals act."""
@@ -149,7 +225,7 @@ def _closed_tools(kernel):
         for i in range(0, num, size):
             if i:
                 budget.checkpoint(i, num, "hyperparameter draws")
-            lp.append(np.asarray(log_densities(th[i : i + size], X, y)))
+            lp.append(np.asarray(log_densities(th[i : i + size], X, y, prior)))
         return key, th, np.concatenate(lp) - np.asarray(log_q)
 
     return score, jax.jit(logp), is_round
@@ -167,17 +243,22 @@ def round_chunk(n: int, num: int) -> int:
     return max(c, 1)
 
 
-def _initial_theta(d):
-    return np.concatenate([np.full(d, np.log(ELL_MU)), [0.0, np.log(0.3)]])
+def _initial_theta(d, prior: HyperPrior | None = None):
+    """Start of the mode search: each length scale at its prior mean (ELL_MU by default)."""
+    if prior is None:
+        return np.concatenate([np.full(d, np.log(ELL_MU)), [0.0, np.log(0.3)]])
+    a, b = np.asarray(prior.a), np.asarray(prior.b)
+    mean = np.where(a > 1.0, b / np.maximum(a - 1.0, 1e-12), b / (a + 1.0))  # the mode where there is no mean
+    return np.concatenate([np.log(mean), [0.0, np.log(0.3)]])
 
 
-def _newton(score, logp, theta, X, y, max_iter=30, tol=1e-8):
+def _newton(score, logp, theta, X, y, prior, max_iter=30, tol=1e-8):
     """Newton ascent on log p from theta: the observed information where it is positive
     definite, else the expected one (Fisher scoring, always positive definite), eigenvalues
     floored at 1/9; each step halved until log p does not fall. Stops when the Newton
     decrement g^T H^-1 g is under tol. Returns (theta, log p, observed information)."""
     theta = np.asarray(theta, dtype=np.float64)
-    lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
+    lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y, prior))
     for _ in range(max_iter):
         if not (np.isfinite(lp) and np.all(np.isfinite(g))):
             break
@@ -187,18 +268,19 @@ def _newton(score, logp, theta, X, y, max_iter=30, tol=1e-8):
             break
         for _half in range(12):  # backtrack until the log density does not fall
             new = theta + step
-            lp_new = float(logp(jnp.asarray(new), X, y))
+            lp_new = float(logp(jnp.asarray(new), X, y, prior))
             if np.isfinite(lp_new) and lp_new >= lp - 1e-10 * abs(lp):
                 break
             step = 0.5 * step
         else:
             break
         theta = new
-        lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y))
+        lp, g, H, F = (np.asarray(a) for a in score(jnp.asarray(theta), X, y, prior))
     return theta, float(lp), H
 
 
-def hyper_mode(Xn, yn, kernel, seed: int = 0, num_starts: int = 4, jitter: float = 1.5):
+def hyper_mode(Xn, yn, kernel, seed: int = 0, num_starts: int = 4, jitter: float = 1.5,
+               prior: HyperPrior | None = None):
     """(mode, covariance, log p) of the unconstrained hyperparameter posterior.
 
     Newton's method (_newton: closed-form gradient and observed information) from four
@@ -210,16 +292,22 @@ def hyper_mode(Xn, yn, kernel, seed: int = 0, num_starts: int = 4, jitter: float
     score, logp, _ = _closed_tools(kernel)
     n, d = Xn.shape
     rng = np.random.default_rng(seed)
-    theta0 = _initial_theta(d)
+    theta0 = _initial_theta(d, prior)
+    pr = _jnp_prior(_as_prior(prior, d))
     starts = theta0 + np.concatenate([np.zeros((1, d + 2)), rng.uniform(-jitter, jitter, (num_starts - 1, d + 2))])
     idx = np.arange(n) if n <= SUBSET else np.sort(rng.choice(n, SUBSET, replace=False))
     Xs, ys = jnp.asarray(Xn[idx]), jnp.asarray(yn[idx])
-    ends = [_newton(score, logp, t, Xs, ys) for t in starts]
+    ends = [_newton(score, logp, t, Xs, ys, pr) for t in starts]
     lps = np.array([e[1] if np.isfinite(e[1]) else -np.inf for e in ends])
     theta, lp, H = ends[int(np.argmax(lps))]
     if n > SUBSET:
-        theta, lp, H = _newton(score, logp, theta, jnp.asarray(Xn), jnp.asarray(yn))
+        theta, lp, H = _newton(score, logp, theta, jnp.asarray(Xn), jnp.asarray(yn), pr)
     return theta, _floored_inverse(H), float(lp)
+
+
+def _jnp_prior(prior: HyperPrior) -> HyperPrior:
+    """The prior as float64 arrays: a runtime input of the compiled densities (no recompile)."""
+    return HyperPrior(*(jnp.asarray(v, dtype=jnp.float64) for v in prior))
 
 
 def _constrain(theta):
@@ -227,7 +315,7 @@ def _constrain(theta):
     return t[..., :-2], t[..., -2], t[..., -1]
 
 
-def _importance(Xn, yn, kernel, mode, cov, seed, num):
+def _importance(Xn, yn, kernel, mode, cov, seed, num, prior: HyperPrior | None = None):
     """Self-normalised importance sampling of the hyperparameter posterior with a
     Laplace-centred heavy-tailed proposal (importance.ISConfig's Student-t mixture): draws in
     rounds of 256 (64 above SUBSET points, where each draw costs an n x n Cholesky, so the
@@ -241,6 +329,7 @@ def _importance(Xn, yn, kernel, mode, cov, seed, num):
     _, _, is_round = _closed_tools(kernel)
     n = Xn.shape[0]
     X, y = jnp.asarray(Xn), jnp.asarray(yn)
+    pr = _jnp_prior(_as_prior(prior, Xn.shape[1]))
     rnd, cap = (256 if n <= SUBSET else 64), 4096
     least = int(min(cap, max(rnd, rnd * np.ceil(cap * min(1.0, (SUBSET / n) ** 3) / rnd))))
     target = max(4 * num, 64)
@@ -249,7 +338,7 @@ def _importance(Xn, yn, kernel, mode, cov, seed, num):
     thetas, logw, used, last = [], [], 0, None
     while True:
         try:
-            key, th, lw = is_round(key, prop, X, y, rnd)
+            key, th, lw = is_round(key, prop, X, y, rnd, pr)
         except budget.OutOfTime:  # mid-round: the rounds completed so far stand
             if last is None:
                 raise budget.nothing_yet(budget.current().max_seconds, "the hyperparameter draws had a first round") \
@@ -273,21 +362,22 @@ def _importance(Xn, yn, kernel, mode, cov, seed, num):
                 prop, thetas, logw = new, [], []
 
 
-def hyper_draws(Xn, yn, kernel, num: int, seed: int, sampler: str = "bayes"):
+def hyper_draws(Xn, yn, kernel, num: int, seed: int, sampler: str = "bayes", prior: HyperPrior | None = None):
     """(ell (M, d), eta (M,), sigma (M,), ess): M draws resampled by weight from the
     importance posterior ("bayes"), M draws thinned evenly from NUTS chains ("nuts", ess is
-    the smallest bulk ESS), or the single posterior mode ("map")."""
+    the smallest bulk ESS), or the single posterior mode ("map"); prior: a HyperPrior
+    (default fixed_prior)."""
     if sampler not in SUGGEST_SAMPLERS:
         raise PlacementError(f"sampler must be one of {', '.join(SUGGEST_SAMPLERS)} for suggest; got {sampler!r}.")
     Xn, yn = np.asarray(Xn, dtype=np.float64), np.asarray(yn, dtype=np.float64)
     kernel = as_kernel(kernel)
     if sampler == "nuts":
-        return _nuts_draws(Xn, yn, kernel, num, seed)
-    mode, cov, _ = hyper_mode(Xn, yn, kernel, seed)
+        return _nuts_draws(Xn, yn, kernel, num, seed, prior)
+    mode, cov, _ = hyper_mode(Xn, yn, kernel, seed, prior=prior)
     if sampler == "map":
         ell, eta, sigma = _constrain(mode[None, :])
         return ell.reshape(1, -1), eta.reshape(1), sigma.reshape(1), 1.0
-    T, W = _importance(Xn, yn, kernel, mode, cov, seed, num)
+    T, W = _importance(Xn, yn, kernel, mode, cov, seed, num, prior)
     u = (np.arange(num) + np.random.default_rng(seed).uniform()) / num  # systematic resampling
     idx = np.minimum(np.searchsorted(np.cumsum(W), u), len(W) - 1)
     ell, eta, sigma = _constrain(T[idx])
@@ -295,22 +385,26 @@ def hyper_draws(Xn, yn, kernel, num: int, seed: int, sampler: str = "bayes"):
 
 
 @functools.lru_cache(maxsize=16)
-def _hyper_tools(kernel, n: int, d: int):
-    """NUTS on the PyMC model, exported once per (kernel, n, d)."""
+def _hyper_tools(kernel, n: int, d: int, prior_key=None):
+    """NUTS on the PyMC model, exported once per (kernel, n, d, prior) (prior_key: the
+    HyperPrior's numbers as a tuple, None for the fixed prior)."""
     from placement.engine import Engine
     from placement.model import from_pymc
     from placement.nuts import NUTSConfig
 
     kernel = as_kernel(kernel)
     placeholder = np.linspace(0.0, 1.0, n * d).reshape(n, d)  # shapes only; data are runtime inputs
-    jm = from_pymc(suggest_model(placeholder, np.zeros(n), pymc_class(kernel)), "eta_sq")
+    prior = None if prior_key is None else HyperPrior(np.array(prior_key[0]), np.array(prior_key[1]), *prior_key[2:])
+    jm = from_pymc(suggest_model(placeholder, np.zeros(n), pymc_class(kernel), prior), "eta_sq")
     return jm, jax.jit(jax.vmap(jm.constrain)), Engine(jm, NUTSConfig(num_chains=4, num_warmup=500, num_draws=500))
 
 
-def _nuts_draws(Xn, yn, kernel, num, seed):
+def _nuts_draws(Xn, yn, kernel, num, seed, prior=None):
     from placement.estimator import ess_bulk
 
-    jm, constrain, eng = _hyper_tools(kernel, Xn.shape[0], Xn.shape[1])
+    key_ = None if prior is None else (tuple(map(float, prior.a)), tuple(map(float, prior.b)), float(prior.eta_sd),
+                                       float(prior.sigma_sd))
+    jm, constrain, eng = _hyper_tools(kernel, Xn.shape[0], Xn.shape[1], key_)
     key = jax.random.PRNGKey(seed)
     st = eng.init(key, Xn, yn)
     _, sample = eng.draw(jax.random.fold_in(key, 1), st, Xn, yn)

@@ -38,7 +38,8 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
     d = Xn.shape[1]
     kernel = for_bounds(cfg.kernel, b, cfg.alpha, cfg.period)
     crit = criteria.criterion(cfg.criterion)
-    ell, eta, sigma, ess = hyper.hyper_draws(Xn, yn, kernel, cfg.num_hyper, cfg.seed, cfg.sampler)
+    prior = hyper.make_prior(cfg.ell_prior, Xn, cfg.noise_sd)
+    ell, eta, sigma, ess = hyper.hyper_draws(Xn, yn, kernel, cfg.num_hyper, cfg.seed, cfg.sampler, prior)
     G = grid_points(d, cfg.grid, cfg.seed)
     draws = crit.draws(ell, eta, sigma)
     z = criteria.fantasy_normals(cfg.num_fantasies, len(draws[1]), cfg.k, cfg.seed)
