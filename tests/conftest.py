@@ -44,6 +44,40 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
 
 
+# -- one compile cache for the session ----------------------------------------------------------
+# Compiling dominates the suite, and tests in different files (so often on different workers)
+# compile the same programs: the conjugate model's engines, the seed problem's CLI paths. So every
+# in-process compile of the session goes through one persistent XLA cache shared by the two
+# workers (the parent of the workers' temporary folders), and subprocess tests whose outcome
+# does not depend on a cold cache point PLACEMENT_CACHE at its base (``session_cache_base``).
+# JAX fixes its cache folder at the first compile that finds one set, so this runs before every
+# test (the in-process CLI's own enable_compile_cache cannot move it later). A size limit turns
+# on JAX's file lock around reads and writes, so one worker never reads an entry the other is
+# still writing. tests/test_quiet.py keeps a cache of its own: it tests the cold start.
+SESSION_CACHE_BYTES = 32 * 2**30
+
+
+@pytest.fixture(scope="session")
+def session_cache_base(tmp_path_factory):
+    """Base folder of the session's compile cache (PLACEMENT_CACHE for subprocesses)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jaxcache-session"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_compile_cache(session_cache_base):
+    import jax
+
+    from placement.runtime import compile_cache_dir
+
+    path = compile_cache_dir(session_cache_base)
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_compilation_cache_max_size", SESSION_CACHE_BYTES)
+    yield path
+
+
 @pytest.fixture(scope="session")
 def seed_jm():
     return from_pymc(seed_gp(), "gp_mu")

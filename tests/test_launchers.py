@@ -11,8 +11,20 @@ import numpy as np
 CHEAP = ["sampler.rel_se=0", "sampler.num_samples=1024", "sampler.adapt_samples=512", "sampler.pilot_iters=3"]
 
 
-def test_joblib_launcher_sweep_writes_every_job_and_matches_a_single_run(tmp_path, monkeypatch):
-    env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path / "jaxcache"), XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
+def test_joblib_launcher_sweep_writes_every_job_and_matches_a_single_run(tmp_path, monkeypatch, session_cache_base):
+    """Both jobs of a 2-job joblib sweep write their result, and the job with seed=1 equals the
+    single run with seed=1 bit for bit. The single run goes first, in this process (the CLI's code
+    path without another process start), and writes its programs to the session's compile cache
+    (tests/conftest.py), which the sweep's jobs then load instead of each compiling them again."""
+    from inprocess import placement
+
+    monkeypatch.setenv("PLACEMENT_RAW_STDERR", "1")
+    monkeypatch.setenv("PLACEMENT_CACHE", str(session_cache_base))
+    single = tmp_path / "single"
+    res = placement("gradient", "seed=1", f"hydra.run.dir={single}", *CHEAP)
+    assert res.code == 0, res.show()
+
+    env = dict(os.environ, PLACEMENT_CACHE=str(session_cache_base), XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "placement.cli", "gradient", "-m", "seed=0,1", "hydra/launcher=joblib",
            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *CHEAP]
@@ -24,15 +36,7 @@ def test_joblib_launcher_sweep_writes_every_job_and_matches_a_single_run(tmp_pat
         results[seed[0].split("seed=")[1]] = sweep / str(i)
         assert (sweep / str(i) / "gradient.json").exists()
     assert sorted(results) == ["0", "1"]
-    # a job of the sweep is the same computation as the single run with that seed (run here,
-    # in this process: the CLI's code path without another process start)
-    from inprocess import placement
-
-    monkeypatch.setenv("PLACEMENT_RAW_STDERR", "1")
-    monkeypatch.setenv("PLACEMENT_CACHE", str(tmp_path / "jaxcache_inproc"))
-    single = tmp_path / "single"
-    res = placement("gradient", "seed=1", f"hydra.run.dir={single}", *CHEAP)
-    assert res.code == 0, res.show()
+    # a job of the sweep is the same computation as the single run with that seed
     a = json.loads((results["1"] / "gradient.json").read_text())
     b = json.loads((single / "gradient.json").read_text())
     np.testing.assert_array_equal(a["grad"], b["grad"])
