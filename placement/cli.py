@@ -336,7 +336,8 @@ def _suggest(cfg) -> None:
                          sampler=_suggest_mode(cfg.sampler), ell_prior=str(cfg.get("ell_prior", "fixed")),
                          noise_sd=cfg.get("noise_sd", 0.5), max_seconds=cfg.get("max_seconds") or 0.0,
                          max_memory=plain(cfg.get("max_memory")), progress="auto",
-                         **kopts, **{k: v for k, v in cfg.search.items()})
+                         approx=str(cfg.get("approx", "exact")), hsgp_m=cfg.get("hsgp_m", 40),
+                         hsgp_c=cfg.get("hsgp_c", 2.0), **kopts, **{k: v for k, v in cfg.search.items()})
     pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg, None if pending is None else str(pending), names)
     out = suggestions_frame(pts, names, info)
     run_dir = _run_dir()

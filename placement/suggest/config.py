@@ -32,6 +32,9 @@ class SuggestConfig:
     max_seconds: float = 0.0  # time budget of the whole request (0 = none): the best batch so far, marked cut short
     max_memory: object = None  # bytes, "8GB", a share of the available memory (<= 1), or None/"auto" (80%)
     progress: object = "auto"  # auto (bar on a terminal or in a notebook, else a line every 5 s) | bar | lines | off
+    approx: str = "exact"  # the GP: "exact" (n x n per draw) | "hsgp" (pm.gp.HSGP's basis, m^d x m^d per draw)
+    hsgp_m: int = 40  # approx=hsgp: basis functions per input column (as conf/problem/hsgp.yaml's m)
+    hsgp_c: float = 2.0  # approx=hsgp: boundary factor, L = c x the box's half-width (as its c)
 
     def __post_init__(self):
         """Coerce and check every setting up front, so a bad override fails in milliseconds
@@ -74,6 +77,14 @@ class SuggestConfig:
 
         if self.ell_prior not in ELL_PRIORS:
             raise PlacementError(f"ell_prior must be one of {', '.join(ELL_PRIORS)}; got {self.ell_prior!r}.")
+        if self.approx not in ("exact", "hsgp"):
+            raise PlacementError(f"approx must be exact or hsgp; got {self.approx!r}.")
+        num("hsgp_m", int, 1, "a whole number >= 1 (basis functions per input column)")
+        num("hsgp_c", float, 1.0 + 1e-9, "a number > 1 (the boundary L = c x the box's half-width)")
+        if self.approx == "hsgp":
+            from placement.suggest.hsgp import check
+
+            check(self.kernel, self.sampler, self.hsgp_m, self.hsgp_c)
         from placement import budget, memory, progress
 
         budget.check_seconds(self.max_seconds)

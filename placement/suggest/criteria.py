@@ -77,7 +77,10 @@ def _factoriser(kernel):
 
 def _batch_pred(kernel, data: CritData, B):
     """Per draw: mean (M, k) and covariance (M, k, k) of noisy observations at B given the
-    data, and K_nB (M, n, k)."""
+    data, and K_nB (M, n, k). approx=hsgp data (suggest/hsgp.py) score B on their own."""
+    if hasattr(data, "batch_pred"):
+        return data.batch_pred(kernel, B)
+
     def one(l, e, s, Kinv, alpha):
         Kb = kmat(kernel, data.X, B, l, e)
         C = kmat(kernel, B, B, l, e) - gpjax.quad_form(Kinv, Kb) + (s**2 + JITTER) * jnp.eye(B.shape[0])
@@ -89,6 +92,9 @@ def _batch_pred(kernel, data: CritData, B):
 def _update(kernel, data: CritData, B, C_b, Kb):
     """Per draw: Q = K_GB - K_Gn Kinv K_nB (M, g, k), R = Q C_B^-1 (M, g, k) and the
     posterior variance at G after adding B (M, g): var_G - diag(Q C_B^-1 Q^T)."""
+    if hasattr(data, "update"):
+        return data.update(kernel, B, C_b, Kb)
+
     def one(l, e, WG, WGt, C, Kb, vG):
         Q = kmat(kernel, data.G, B, l, e) - gpjax.transposed_product(WG, WGt, Kb)
         R = jax.scipy.linalg.cho_solve((jnp.linalg.cholesky(C), True), Q.T).T
@@ -178,6 +184,9 @@ def ek_terms(kernel, D, G, theta):
 
 
 def _ek_design(kernel, D, data):
+    if hasattr(data, "ek_design"):
+        return data.ek_design(kernel, D)
+
     def one(l, e, s):
         var, corr = ek_terms(kernel, D, data.G, jnp.concatenate([jnp.log(l), jnp.log(e)[None], jnp.log(s)[None]]))
         return jnp.mean(var + corr)

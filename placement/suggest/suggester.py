@@ -39,11 +39,19 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
     kernel = for_bounds(cfg.kernel, b, cfg.alpha, cfg.period)
     crit = criteria.criterion(cfg.criterion)
     prior = hyper.make_prior(cfg.ell_prior, Xn, cfg.noise_sd)
-    ell, eta, sigma, ess = hyper.hyper_draws(Xn, yn, kernel, cfg.num_hyper, cfg.seed, cfg.sampler, prior)
+    if cfg.approx == "hsgp":  # the same steps with the Hilbert-space GP (suggest/hsgp.py)
+        from placement.suggest import hsgp
+
+        hsgp.check(kernel.name, cfg.sampler, cfg.hsgp_m, cfg.hsgp_c, d)
+        basis = hsgp.make_basis(Xn, cfg.hsgp_m, cfg.hsgp_c)
+        ell, eta, sigma, ess = hsgp.hsgp_draws(Xn, yn, kernel.name, basis, cfg.num_hyper, cfg.seed, cfg.sampler, prior)
+    else:
+        ell, eta, sigma, ess = hyper.hyper_draws(Xn, yn, kernel, cfg.num_hyper, cfg.seed, cfg.sampler, prior)
     G = grid_points(d, cfg.grid, cfg.seed)
     draws = crit.draws(ell, eta, sigma)
     z = criteria.fantasy_normals(cfg.num_fantasies, len(draws[1]), cfg.k, cfg.seed)
-    data = criteria.crit_data(Xn, yn, G, draws, z, kernel, Pn)
+    data = criteria.crit_data(Xn, yn, G, draws, z, kernel, Pn) if cfg.approx == "exact" \
+        else hsgp.crit_data(Xn, yn, G, draws, z, kernel, basis, Pn)
     found = batch_search(cfg.criterion, kernel, data, int(cfg.k), d, cfg.restarts, cfg.steps,
                          cfg.learning_rate, cfg.seed, max_memory=cfg.max_memory)
     Bn, after = found.batch, found.value
@@ -51,11 +59,13 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
     if crit.draws is criteria._identity and not len(Pn):
         mean, sd = criteria.batch_mixture(kernel, data, Bn)
     else:  # the criterion's data hold other draws or pending points: predict from the data in hand
-        mean, sd = criteria.mixture_predictive(kernel, Xn, yn, Bn, (ell, eta, sigma))
+        mean, sd = criteria.mixture_predictive(kernel, Xn, yn, Bn, (ell, eta, sigma)) if cfg.approx == "exact" \
+            else hsgp.mixture_predictive(kernel, basis, Xn, yn, Bn, (ell, eta, sigma))
     info = {"criterion": cfg.criterion, "before": before, "after": crit.sign * after, "hyper_ess": ess,
             "pred_mean": mean * y_sd + y_mean, "pred_sd": sd * y_sd, "bounds": b, "y_scale": (y_mean, y_sd),
             "hyper": (ell, eta, sigma), "Xn": Xn, "yn": yn, "kernel": kernel, "pending": Pn * span + b[:, 0],
-            "cut_short": found.cut_short, "search_group": found.group, "search_bytes": found.memory}
+            "cut_short": found.cut_short, "search_group": found.group, "search_bytes": found.memory,
+            "approx": cfg.approx}
     return Bn * span + b[:, 0], info
 
 

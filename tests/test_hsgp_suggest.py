@@ -1,0 +1,203 @@
+"""`placement suggest` with approx=hsgp (placement/suggest/hsgp.py).
+
+- Algebra: the weight-space criteria (m* x m* posterior, rank-k batch updates, ek_variance's
+  Fisher information from phi^T phi) equal the exact path's own code run on the HSGP's dense
+  covariance phi diag(s^2) phi^T (criteria.kmat swapped for it; the exact code takes the prior
+  variance at G as eta^2, so the HSGP side is shifted by eta^2 - k_HSGP(x, x) there): values
+  and B-gradients of every criterion to 1e-7 relative (rounding through covariances of
+  condition ~1e4).
+- Accuracy: at m = 200 each criterion and its gradient differ from the exact GP's, at fixed
+  hyperparameters, by at most the exact effect of the prior-variance error at G plus 2x the
+  first-order prediction |dC/dt| at t = 0 along K(t) = K_exact + t (K_HSGP - K_exact)
+  (central differences of the exact path's code): the approximation error is what the kernel
+  error predicts; the values are within 1e-3 relative, the gradients within 15% (9% measured for
+  expected_total_variance, whose gradient is small at this batch).
+- The hyperparameter log density equals a PyMC model built with pm.gp.HSGP.prior_linearized
+  and a dense MvNormal likelihood at the same values (same priors, L and centre), to 1e-9.
+- End to end: suggest(..., approx="hsgp") for MAP and Bayes, pending points, and one clear
+  error for each setting that cannot work.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import placement.suggest.criteria as crit_mod
+from placement.errors import PlacementError
+from placement.suggest import criteria, hsgp
+from placement.suggest.kernel import Kernel, kmat
+from placement.suggest.search import grid_points
+
+KER = Kernel("matern52")
+HYP = (np.array([[0.2], [0.35]]), np.array([1.0, 0.8]), np.array([0.1, 0.2]))  # two draws
+
+
+def _data(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, (n, 1))
+    y = np.sin(6 * X[:, 0]) + 0.1 * rng.normal(size=n)
+    return X, (y - y.mean()) / y.std()
+
+
+def _dense_hsgp_kmat(basis, t=1.0):
+    """kmat with the covariance K_exact + t (K_HSGP - K_exact); t = 1: the HSGP's."""
+    def km(kernel, A, B, ls, eta):
+        s = hsgp.scales(kernel.name, basis, ls, eta)
+        Kh = (hsgp.features(basis, A) * s**2) @ hsgp.features(basis, B).T
+        return Kh if t == 1.0 else kmat(kernel, A, B, ls, eta) + t * (Kh - kmat(kernel, A, B, ls, eta))
+
+    return km
+
+
+def _exact_path(kind, X, y, G, z, B, monkeypatch=None, km=None):
+    """Value and B-gradient of a criterion through criteria.py's exact code (its kmat swapped
+    for km when given)."""
+    c = criteria.criterion(kind)
+    if km is not None:
+        monkeypatch.setattr(crit_mod, "kmat", km)
+        criteria._factoriser.cache_clear()
+    try:
+        data = criteria.crit_data(X, y, G, c.draws(*HYP), z, KER)
+        v, g = jax.value_and_grad(lambda b: c.value(KER, b, data))(B)
+        return float(v), np.asarray(g)
+    finally:
+        if km is not None:
+            monkeypatch.undo()
+            criteria._factoriser.cache_clear()
+
+
+def _hsgp_path(kind, X, y, G, z, B, basis, shift=False):
+    """Value and B-gradient through hsgp.py. shift: with the prior variance at G taken as eta^2,
+    as criteria.py's exact code takes it, instead of the HSGP's own k_HSGP(x, x) (the
+    difference delta does not depend on B: ek_variance's value moves by its mean)."""
+    c = criteria.criterion(kind)
+    data = hsgp.crit_data(X, y, G, c.draws(*HYP), z, KER, basis)
+    phiG = hsgp.features(basis, data.G)
+    delta = data.eta[:, None] ** 2 - data.s**2 @ (phiG**2).T  # (M, g) eta^2 - k_HSGP(x, x)
+    if shift and kind != "ek_variance":
+        data = data._replace(var_G=data.var_G + delta)
+    v, g = jax.value_and_grad(lambda b: c.value(KER, b, data))(B)
+    v = float(v) + (float(jnp.mean(delta)) if shift and kind == "ek_variance" else 0.0)
+    return v, np.asarray(g)
+
+
+@pytest.fixture(scope="module")
+def setting():
+    X, y = _data()
+    G = grid_points(1, 48, 0)
+    z = criteria.fantasy_normals(4, 2, 3, 0)
+    B = jnp.asarray([[0.12], [0.55], [0.93]])
+    return X, y, G, z, B
+
+
+@pytest.mark.parametrize("kind", criteria.CRITERIA)
+def test_weight_space_equals_dense_hsgp(kind, setting, monkeypatch):
+    X, y, G, z, B = setting
+    basis = hsgp.make_basis(X, 30, 2.0)
+    vh, gh = _hsgp_path(kind, X, y, G, z, B, basis, shift=True)
+    vd, gd = _exact_path(kind, X, y, G, z, B, monkeypatch, _dense_hsgp_kmat(basis))
+    assert abs(vh - vd) <= 1e-7 * abs(vd) + 1e-12, (vh, vd)
+    assert np.linalg.norm(gh - gd) <= 1e-7 * np.linalg.norm(gd) + 1e-10, (gh, gd)
+
+
+@pytest.mark.parametrize("kind", criteria.CRITERIA)
+def test_large_m_matches_exact_within_kernel_error(kind, setting, monkeypatch):
+    X, y, G, z, B = setting
+    basis = hsgp.make_basis(X, 200, 2.0)
+    vh, gh = _hsgp_path(kind, X, y, G, z, B, basis)
+    vs, gs = _hsgp_path(kind, X, y, G, z, B, basis, shift=True)
+    ve, ge = _exact_path(kind, X, y, G, z, B)
+    h = 1e-2  # central difference in t: its own error is O(h^2) of the second-order term
+    vp, gp = _exact_path(kind, X, y, G, z, B, monkeypatch, _dense_hsgp_kmat(basis, h))
+    vm, gm = _exact_path(kind, X, y, G, z, B, monkeypatch, _dense_hsgp_kmat(basis, -h))
+    dv, dg = (vp - vm) / (2 * h), (gp - gm) / (2 * h)
+    # the HSGP differs from the exact GP by its kernel error off the diagonal at G (first order:
+    # dv, dg) and by its prior variance at G (vh - vs, gh - gs: computed exactly)
+    assert abs(vh - ve) <= abs(vh - vs) + 2.0 * abs(dv) + 1e-12, (vh, vs, ve, dv)
+    assert np.linalg.norm(gh - ge) <= np.linalg.norm(gh - gs) + 2.0 * np.linalg.norm(dg) + 1e-10, (gh, gs, ge, dg)
+    assert abs(vh - ve) <= 1e-3 * abs(ve)
+    assert np.linalg.norm(gh - ge) <= 0.15 * np.linalg.norm(ge) + 1e-10  # 9% measured (expected_total_variance)
+
+
+@pytest.mark.parametrize("name,d,m", [("matern52", 1, 12), ("matern32", 2, 5), ("expquad", 2, 6)])
+def test_hyper_density_matches_pymc_hsgp(name, d, m):
+    import pymc as pm
+
+    from placement.suggest.hyper import ELL_MU, ELL_SD, ETA_SD, ML_JITTER, SIGMA_SD
+
+    rng = np.random.default_rng(3)
+    X = rng.uniform(0, 1, (25, d))
+    X[0], X[1] = 0.0, 1.0  # the data span the box: PyMC's centre is then 0.5 as well
+    y = rng.normal(size=25)
+    basis = hsgp.make_basis(X, m, 2.0)
+    cls = {"matern52": pm.gp.cov.Matern52, "matern32": pm.gp.cov.Matern32, "expquad": pm.gp.cov.ExpQuad}[name]
+    with pm.Model() as model:
+        ell = pm.InverseGamma("ell", mu=ELL_MU, sigma=ELL_SD, shape=(d,))
+        eta = pm.HalfNormal("eta", sigma=ETA_SD)
+        sigma = pm.HalfNormal("sigma", sigma=SIGMA_SD)
+        gp = pm.gp.HSGP(m=[m] * d, L=[float(v) for v in np.asarray(basis.L)], cov_func=eta**2 * cls(d, ls=ell))
+        phi, sqrt_psd = gp.prior_linearized(X)
+        B = phi * sqrt_psd
+        pm.MvNormal("y_obs", mu=np.zeros(25), cov=B @ B.T + (sigma**2 + ML_JITTER) * np.eye(25), observed=y)
+    assert np.allclose(np.asarray(gp._X_center, dtype=float), np.asarray(basis.centre))
+    logp = model.compile_logp()
+    st = hsgp.stats(X, basis)
+    for theta in ([np.log(0.3)] * d + [0.0, np.log(0.3)], [np.log(0.15)] * d + [0.4, np.log(0.05)]):
+        theta = np.asarray(theta)
+        point = {"ell_log__": theta[:d], "eta_log__": theta[d], "sigma_log__": theta[d + 1]}
+        ref = float(logp(point))
+        got = float(hsgp.hsgp_logdensity(name, jnp.asarray(theta), st, jnp.asarray(y)))
+        assert abs(got - ref) <= 1e-9 * abs(ref), (got, ref)
+
+
+def _frame(n=60, seed=1):
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.uniform(0, 10, n))
+    return pd.DataFrame({"x": x, "y": np.sin(x) + 0.1 * rng.normal(size=n)})
+
+
+SMALL = dict(num_hyper=4, num_fantasies=4, grid=64, restarts=2, steps=20, hsgp_m=40)
+
+
+@pytest.mark.parametrize("sampler,criterion", [("map", "integrated_variance"), ("bayes", "expected_total_variance")])
+def test_suggest_end_to_end(sampler, criterion):
+    from placement.suggest import suggest
+
+    df = _frame()
+    out = suggest(df, k=3, approx="hsgp", sampler=sampler, criterion=criterion, seed=0, **SMALL)
+    assert len(out) == 3 and out["x"].between(df.x.min(), df.x.max()).all()
+    after, before = out[f"{criterion}_after"].iloc[0], out[f"{criterion}_before"].iloc[0]
+    assert np.isfinite(after) and after < before
+    assert (out["pred_sd"] > 0).all()
+    # pending points: the batch avoids them (the mixture predictive then comes from hsgp.mixture_predictive)
+    again = suggest(df, k=2, approx="hsgp", sampler=sampler, criterion=criterion, seed=0,
+                    pending=out[["x"]].to_numpy(), **SMALL)
+    assert np.min(np.abs(again["x"].to_numpy()[:, None] - out["x"].to_numpy()[None])) > 0.05
+
+
+@pytest.mark.parametrize("options,words", [
+    (dict(kernel="periodic", period=5.0), "HSGPPeriodic"),
+    (dict(kernel="ratquad"), "kernel=expquad | matern32 | matern52"),
+    (dict(sampler="nuts"), "sampler=bayes or map"),
+    (dict(hsgp_m=0), "hsgp_m must be"),
+    (dict(hsgp_c=1.0), "hsgp_c must be"),
+    (dict(approx="sparse"), "approx must be exact or hsgp"),
+])
+def test_settings_that_cannot_work(options, words):
+    from placement.suggest import SuggestConfig
+
+    with pytest.raises(PlacementError, match=words.replace("|", r"\|")):
+        SuggestConfig(**{"approx": "hsgp", **options})
+
+
+def test_too_many_basis_functions_for_d():
+    from placement.suggest import suggest
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame(rng.uniform(size=(20, 4)), columns=list("abcd")).assign(y=rng.normal(size=20))
+    with pytest.raises(PlacementError, match="m\\^d = 2560000 basis functions .* lower hsgp_m to 8"):
+        suggest(df, k=2, approx="hsgp", hsgp_m=40)
