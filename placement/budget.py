@@ -32,18 +32,20 @@ class OutOfTime(Exception):
 
 @dataclass(frozen=True)
 class Budget:
-    """max_seconds: the budget (inf = none); start: perf_counter() when it began;
-    progress: ``progress(done, total, note)`` called at every checkpoint, or None."""
+    """max_seconds: the setting that binds (inf = none; what messages name); start:
+    perf_counter() when that budget began; progress: ``progress(done, total, note)`` called at
+    every checkpoint, or None; deadline: perf_counter() when it runs out."""
 
     max_seconds: float = math.inf
     start: float = 0.0
     progress: Callable | None = None
+    deadline: float = math.inf
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def left(self) -> float:
-        return self.max_seconds - self.elapsed()
+        return self.deadline - time.perf_counter()
 
     def passed(self) -> bool:
         return self.left() <= 0.0
@@ -76,8 +78,12 @@ def scope(max_seconds=None, progress: Callable | None = None) -> Iterator[Budget
     outer one when given."""
     outer = _ACTIVE.get()
     now = time.perf_counter()
-    secs = min(check_seconds(max_seconds), outer.left() if math.isfinite(outer.max_seconds) else math.inf)
-    b = Budget(secs, now, progress if progress is not None else outer.progress)
+    secs = check_seconds(max_seconds)
+    progress = progress if progress is not None else outer.progress
+    if outer.deadline <= now + secs:  # the outer budget ends first: it binds, and messages name its setting
+        b = Budget(outer.max_seconds, outer.start, progress, outer.deadline)
+    else:
+        b = Budget(secs, now, progress, now + secs)
     token = _ACTIVE.set(b)
     try:
         yield b
@@ -93,6 +99,14 @@ def checkpoint(done: float = 0, total: float = 0, note: str = "") -> None:
         b.progress(done, total, note)
     if b.passed():
         raise OutOfTime(f"the time budget of {b.max_seconds:g} s ran out")
+
+
+def status(note: str) -> None:
+    """Set the standing note of the active progress report (e.g. the precision reached so
+    far), shown beside the per-chunk progress until replaced."""
+    b = _ACTIVE.get()
+    if b.progress is not None and hasattr(b.progress, "status"):
+        b.progress.status = note
 
 
 def nothing_yet(max_seconds: float, what: str, setting: str = "max_seconds") -> PlacementError:

@@ -83,6 +83,8 @@ class Engine:
                 self._self_check(key, sample.theta[idx], np.asarray(s)[idx], np.asarray(df)[idx], X, y)
             est = estimate(self.terms, sample, X, y, evaluated=evaluated)
             target = precision.target_of(self.cfg)
+            budget.status(f"relative SE {precision.rel_se(est):.3g} from {sample.theta.shape[0]} draws"
+                          + (f" (target {target.rel_se:g})" if target.rel_se > 0 else ""))
             if self.sampler.extend is not None and target.active:
                 state, est, sample = self._more_draws(key, state, sample, evaluated, est, X, y, target, t0)
             precision.record(est, target, int(sample.theta.shape[0]), time.perf_counter() - t0)
@@ -124,6 +126,7 @@ class Engine:
                     sample, evaluated = merge(sample, evaluated, new, self.terms(jnp.asarray(new.theta), X, y))
                     n = sample.theta.shape[0]
                 est = estimate(self.terms, sample, X, y, evaluated=evaluated)
+                budget.status(f"relative SE {precision.rel_se(est):.3g} from {n} draws (target {target.rel_se:g})")
         except budget.OutOfTime:  # the batch in flight is dropped; the draws merged so far stand
             est, cut = estimate(self.terms, sample, X, y, evaluated=evaluated), True
         if cut or budget.current().passed():

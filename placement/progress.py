@@ -45,6 +45,7 @@ class Reporter:
         self.t0 = time.perf_counter()
         self.last_line = self.t0 + delay - interval  # the first line comes after `delay`
         self.bar = None
+        self.status = ""  # a standing note (budget.status), e.g. the precision reached so far
 
     def _make_bar(self, total):
         from tqdm.auto import tqdm
@@ -64,6 +65,7 @@ class Reporter:
         now = time.perf_counter()
         if now - self.t0 < self.delay:
             return
+        note = "; ".join(x for x in (note, self.status) if x)
         if self.mode == "bar":
             if self.bar is None:
                 self.bar = self._make_bar(total)

@@ -59,17 +59,83 @@ def test_budget_settings_and_nesting():
     with budget.scope(100):
         with budget.scope(1000) as inner:  # an inner scope never extends the outer one
             assert inner.max_seconds <= 100
+    with budget.scope(0.001):  # an inner scope under a spent outer budget names the outer setting
+        time.sleep(0.01)
+        with budget.scope(None), budget.scope(60):
+            assert budget.current().max_seconds == 0.001 and budget.current().passed()
+            assert "max_seconds=0.001 ran out" in str(budget.nothing_yet(budget.current().max_seconds, "x"))
     with budget.scope(1e-9), pytest.raises(budget.OutOfTime):
         time.sleep(0.001)
         budget.checkpoint()
     assert "max_seconds=2 ran out before the first estimate" in str(budget.nothing_yet(2, "the first estimate"))
 
 
-def test_memory_too_small_for_one_start_is_one_clear_error():
+def test_memory_too_small_is_one_clear_error_before_any_work(monkeypatch):
+    from placement.suggest import hyper
+
+    monkeypatch.setattr(hyper, "hyper_draws", lambda *a, **k: pytest.fail("planning must come first"))
     with pytest.raises(PlacementError) as e:
         suggest(_frame(), steps=20, max_memory=1000, **SMALL)
     msg = str(e.value)
-    assert "n=12 points" in msg and "needs" in msg and "max_memory allows 1 kB" in msg and "num_fantasies" in msg
+    assert "hyperparameter posterior (n=12 points" in msg and "max_memory allows 1 kB" in msg, msg
+    assert "fewer data points" in msg and "raise max_memory" in msg
+
+
+def test_memory_plan_names_the_first_stage_that_cannot_fit():
+    """Each stage of a suggest request (hyperparameter posterior, criterion data resident
+    during the search, the search beside them) is refused with its own size and remedy,
+    before anything runs; the planned bytes are the sizes the messages name."""
+    from placement.suggest import criteria
+    from placement.suggest.config import SuggestConfig
+    from placement.suggest.kernel import for_bounds
+
+    kernel = for_bounds("matern52", np.array([[0.0, 10.0]]), 2.0, None)
+    crit = criteria.criterion("expected_total_variance")
+    opts = {k: v for k, v in SMALL.items() if k != "bounds"}
+    cfg = lambda mem, **kw: SuggestConfig(max_memory=mem, **{**opts, **kw})  # noqa: E731
+    plan = search.plan_request(cfg("100GB"), 12, 0, 1, kernel, crit)
+    hyper_b, crit_b, search_b = plan["hyperparameters"], plan["criterion_data"], plan["search"]
+    assert hyper_b == 8 * search.hyper_matrices(1) * 144
+    # the criterion data: 4 draws x (144 + 12 + 2 x 12 x 32 + 2 x 32) numbers and the fantasies, inputs, grid
+    data = 8 * (4 * (144 + 12 + 2 * 12 * 32 + 2 * 32) + 4 * 3 + 12 * 1 + 4 * 12 + 32 + 4 * 2)
+    assert crit_b == data + 8 * search.factor_matrices(1) * 144
+    with pytest.raises(PlacementError, match=rf"posterior \(n=12 points in 1 inputs.*needs {memory.human(hyper_b)}"):
+        search.plan_request(cfg(hyper_b - 1), 12, 0, 1, kernel, crit)
+    big = search.plan_request(cfg("100GB", num_hyper=64), 12, 0, 1, kernel, crit)["criterion_data"]
+    assert big > hyper_b
+    with pytest.raises(PlacementError, match=rf"criterion data \(n=12 points, 64 hyperparameter draws.* need "
+                                             rf"{memory.human(big)}.*Lower search.num_hyper"):
+        search.plan_request(cfg(big - 1, num_hyper=64), 12, 0, 1, kernel, crit)
+    assert search_b > data and plan["search_group"] == 2
+    with pytest.raises(PlacementError, match=r"the batch search \(n=12 points.*one start at a time, beside"):
+        search.plan_request(cfg(max(hyper_b, crit_b)), 12, 0, 1, kernel, crit)
+
+
+def test_memory_bounds_cover_what_xla_plans():
+    """The planned bytes of the work before the search are at least what XLA's buffer
+    assignment gives for those compiled programs (the hyperparameter score on all the data,
+    four log densities at a time, the factorisation), and not far above it."""
+    import jax
+    import jax.numpy as jnp
+
+    from placement.suggest import criteria, hyper
+    from placement.suggest.kernel import as_kernel
+
+    S = lambda *s: jax.ShapeDtypeStruct(s, jnp.float64)  # noqa: E731
+    n, d, M, g = 300, 2, 8, 64
+    kernel = as_kernel("matern52")
+    score, logp, _ = hyper._closed_tools(kernel)
+    prior = ()
+    if hasattr(hyper, "fixed_prior"):  # priors as runtime arrays
+        prior = (jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jnp.float64), hyper.fixed_prior(d)),)
+    xla_score = memory.compiled_bytes(score.lower(S(d + 2), S(n, d), S(n), *prior).compile())
+    xla_logp = memory.compiled_bytes(logp.lower(S(d + 2), S(n, d), S(n), *prior).compile())
+    bound = 8 * search.hyper_matrices(d) * n * n
+    assert max(xla_score, 4 * xla_logp) <= bound <= 2.5 * xla_score, (xla_score, xla_logp, bound)
+    fact = criteria._factoriser(kernel).lower(S(n, d), S(g, d), S(M, n), S(M, d), S(M), S(M)).compile()
+    shapes = search.crit_shapes(n, d, M, M, 2, g)
+    planned = search._nbytes(shapes) + 8 * search.factor_matrices(d) * n * n
+    assert memory.compiled_bytes(fact) <= planned <= 1.5 * memory.compiled_bytes(fact) + search._nbytes(shapes)
 
 
 def test_memory_between_one_and_all_starts_searches_fewer_at_once():
@@ -79,7 +145,11 @@ def test_memory_between_one_and_all_starts_searches_fewer_at_once():
     free = suggest(_frame(), steps=40, **kw)
     need = free.attrs["info"]["search_bytes"]
     assert free.attrs["info"]["search_group"] == 2 and need > 0
-    tight = suggest(_frame(), steps=40, max_memory=int(0.75 * need), **kw)
+    plan = free.attrs["info"]["memory"]
+    data = plan["search"] - need  # the criterion data, resident beside the search
+    mem = data + int(0.75 * need)
+    assert mem > max(plan["hyperparameters"], plan["criterion_data"])  # the stages before the search fit
+    tight = suggest(_frame(), steps=40, max_memory=mem, **kw)
     assert tight.attrs["info"]["search_group"] == 1 and tight.attrs["info"]["search_bytes"] <= 0.75 * need
     np.testing.assert_allclose(tight.values, free.values, rtol=1e-6, atol=1e-9)
 
@@ -204,13 +274,17 @@ def test_suggest_stops_on_a_signal_mid_search_and_leaves_no_folder(tmp_path, sig
     assert not out.exists()
 
 
-def test_gradient_stops_on_sigterm_mid_work_and_leaves_no_folder(tmp_path):
+# an unreachable precision target keeps the sampler drawing batch after batch
+ENDLESS_GRADIENT = ["gradient", "sampler.num_samples=2048", "sampler.adapt_samples=1024", "sampler.pilot_iters=4",
+                    "sampler.rel_se=1e-9", "sampler.max_draws=1000000000"]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_gradient_stops_on_a_signal_mid_work_and_leaves_no_folder(tmp_path, sig, code):
     out = tmp_path / "out"
-    # an unreachable precision target keeps the sampler drawing batch after batch
-    p = _start(["gradient", "sampler.num_samples=2048", "sampler.adapt_samples=1024", "sampler.pilot_iters=4",
-                "sampler.rel_se=1e-9", "sampler.max_draws=1000000000", f"hydra.run.dir={out}"], tmp_path)
-    seconds, err = _signal_mid_work(p, signal.SIGTERM, "gradient:")
-    assert p.returncode == 143, err[-3000:]
+    p = _start([*ENDLESS_GRADIENT, f"hydra.run.dir={out}"], tmp_path)
+    seconds, err = _signal_mid_work(p, sig, "gradient:")
+    assert p.returncode == code, err[-3000:]
     assert seconds < LATENCY, (seconds, err[-2000:])
     assert "Traceback" not in err and "nothing was written" in err, err[-3000:]
     assert not out.exists()
@@ -228,3 +302,41 @@ def test_suggest_cli_time_budget_marks_the_result_cut_short(tmp_path):
     assert r.code == 0, r.show()
     assert "cut short by max_seconds" in r.err
     assert json.loads((out / "suggest.json").read_text())["cut_short"] == "max_seconds"
+
+
+def test_gradient_cli_time_budget_cuts_the_extra_draws_and_marks_the_result(tmp_path):
+    """max_seconds after the first estimate: exit 0, the estimate from the draws made by then,
+    cut_short in gradient.json, progress lines with the precision reached (stderr is a pipe);
+    a budget spent before the first estimate: exit 2, one error line, no folder."""
+    out = tmp_path / "out"
+    t = time.perf_counter()
+    p = _start([*ENDLESS_GRADIENT, "max_seconds=25", f"hydra.run.dir={out}"], tmp_path)
+    _, err = p.communicate(timeout=300)
+    seconds = time.perf_counter() - t
+    assert p.returncode == 0, err[-3000:]
+    assert "cut short by max_seconds=25" in err and "relative SE" in err, err[-3000:]
+    res = json.loads((out / "gradient.json").read_text())
+    assert res["cut_short"] == "max_seconds" and np.all(np.isfinite(res["grad"])) and res["diagnostics"]["num_draws"] > 2048
+    assert seconds < 25 + 60, seconds  # the budget plus start-up (imports, compile cache) on a loaded machine
+    out2 = tmp_path / "out2"
+    p = _start([*ENDLESS_GRADIENT, "max_seconds=0.001", f"hydra.run.dir={out2}"], tmp_path)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err[-3000:]
+    assert "error: max_seconds=0.001 ran out before" in err and "Traceback" not in err, err[-3000:]
+    assert not out2.exists()
+
+
+def test_run_time_budget_is_per_step_and_marks_each_cut_step(tmp_path):
+    """run's max_seconds is each step's budget: with an unreachable precision target every
+    step's extra draws are cut and the step is marked in trajectory.csv."""
+    from inprocess import placement
+
+    os.environ.setdefault("PLACEMENT_CACHE", str(tmp_path.parent / "jaxcache"))
+    out = tmp_path / "out"
+    t = time.perf_counter()
+    r = placement("run", "steps=2", "sampler.rel_se=1e-9", "sampler.max_draws=1000000000", "max_seconds=3",
+                  "plots=false", f"hydra.run.dir={out}")
+    assert r.code == 0, r.show()
+    traj = pd.read_csv(out / "trajectory.csv")
+    assert len(traj) >= 2 and (traj["cut_short"].iloc[-2:] == "max_seconds").all(), traj
+    assert time.perf_counter() - t < 2 * 3 + 90  # two budgets plus building the problem and compiling

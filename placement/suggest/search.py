@@ -79,11 +79,14 @@ class _Pace:
         return out
 
 
+def _shapes(data):
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
+
+
 def _compile(run, init, data, g: int, k: int, d: int):
     """The search step compiled ahead of time for g starts at once (nothing is allocated);
     kept per shapes, as jit keeps its own compilations."""
-    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), data)
-    return _compiled(run, init, shapes, g, k, d)
+    return _compiled(run, init, _shapes(data), g, k, d)
 
 
 @functools.lru_cache(maxsize=64)
@@ -91,6 +94,88 @@ def _compiled(run, init, shapes, g: int, k: int, d: int):
     B = jax.ShapeDtypeStruct((g, k, d), jnp.float64)
     st = jax.eval_shape(init, B)
     return run.lower(B, st, shapes, 0).compile()
+
+
+def _nbytes(shapes) -> int:
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(shapes))
+
+
+def plan_search(kind, kernel, shapes: CritData, k: int, d: int, restarts: int, lr: float, limit: int):
+    """(starts at once g, compiled step, its peak bytes beyond the data) for a search over
+    criterion data of these shapes (ShapeDtypeStructs: planned before the data exist). The
+    data stay resident while the search runs, so the step gets ``limit`` less their bytes;
+    g is the largest number of starts at once (<= restarts // 4) whose step fits."""
+    init, run = _searcher(kind, kernel, float(lr))
+    keep = max(1, max(int(restarts), 1) // 4)
+    resident = _nbytes(shapes)
+    n, M, J = int(shapes.X.shape[0]), int(shapes.ell.shape[0]), int(shapes.z.shape[0])
+    return memory.fit_batch(
+        lambda g: _compiled(run, init, shapes, g, k, d), keep, max(0, limit - resident),
+        lambda b: f"the batch search (n={n} points, {M} hyperparameter draws, {J} fantasies, k={k}; one start "
+                  f"at a time, beside {memory.human(resident)} of criterion data)",
+        "Lower search.num_hyper, search.num_fantasies or search.grid, use sampler=map, or raise max_memory.",
+        resident)
+
+
+def crit_shapes(n: int, d: int, M: int, J: int, k: int, g: int) -> CritData:
+    """The shapes of criteria.crit_data's arrays for n points (pending included) in d inputs,
+    M hyperparameter draws, J fantasies of k points and g integration points."""
+    S = lambda *s: jax.ShapeDtypeStruct(s, jnp.float64)  # noqa: E731
+    return CritData(S(n, d), S(M, n), S(g, d), S(M, d), S(M), S(M), S(J, k), S(M, n, n), S(M, n), S(M, n, g),
+                    S(M, g, n), S(M, g), S(M, g))
+
+
+# Peak bytes of the work before the search, in n x n float64 matrices (n the data points, p
+# = inputs + 2 hyperparameters): the largest of the hyperparameter mode's Newton step on all
+# the data (the closed-form score: dK/dtheta, K^-1 dK/dtheta and forward-over-reverse Hessian
+# tangents, p^2 + 4p + 2 matrices by XLA's memory analysis at p = 3, 4, 6, 10), the importance
+# rounds' log densities (4 at a time, 2 matrices each) and NUTS's 4 chains; and the
+# factorisation's temporaries beside its outputs (7 + 1.7 d matrices). tests/test_long_work.py
+# checks both bounds against XLA's analysis of those compiled programs.
+def hyper_matrices(d: int) -> float:
+    p = d + 2
+    return p * p + 5.0 * p + 4.0
+
+
+def factor_matrices(d: int) -> float:
+    return 8.0 + 2.0 * d
+
+
+def plan_request(cfg, n: int, p: int, d: int, kernel, crit) -> dict:
+    """Memory of a whole suggest request, planned before any of it runs; one PlacementError
+    naming the first stage that cannot fit, its size and what to change. Stages: the
+    hyperparameter posterior (n x n work, cannot be split), the criterion data (an n x n
+    inverse per draw, resident during the search) and the search (fewer starts at once when
+    the preferred group does not fit: ``plan_search``). Returns the planned bytes per stage
+and ``limit``, max_memory in bytes, resolved once (auto is a share of the memory available
+before the request made its data), for the search to use.
+    (approx=hsgp data are not n x n; only the search is planned for them, by batch_search.)"""
+    from placement.errors import PlacementError
+
+    limit = memory.limit(cfg.max_memory)
+    M0 = 1 if cfg.sampler == "map" else int(cfg.num_hyper)
+    M = len(crit.draws(np.ones((M0, d)), np.ones(M0), np.ones(M0))[1])
+    J = M * -(-int(cfg.num_fantasies) // M)
+    N, g = n + p, int(cfg.grid)
+    hyper_bytes = int(8 * hyper_matrices(d) * n * n)
+    if hyper_bytes > limit:
+        raise PlacementError(
+            f"the hyperparameter posterior (n={n} points in {d} inputs: n x n matrices for each of the {d + 2} "
+            f"hyperparameters) needs {memory.human(hyper_bytes)} but max_memory allows {memory.human(limit)}. "
+            f"Use fewer data points (e.g. every other row; the memory grows as n^2) or raise max_memory.")
+    shapes = crit_shapes(N, d, M, J, int(cfg.k), g)
+    data_bytes = _nbytes(shapes)
+    crit_bytes = data_bytes + int(8 * factor_matrices(d) * N * N)
+    if crit_bytes > limit:
+        raise PlacementError(
+            f"the criterion data (n={N} points, {M} hyperparameter draws: an n x n inverse per draw, {g} grid "
+            f"points) need {memory.human(crit_bytes)} but max_memory allows {memory.human(limit)}. Lower "
+            f"search.num_hyper (the memory grows with it), use sampler=map (one draw), use fewer data points, "
+            f"or raise max_memory.")
+    group, _, search_bytes = plan_search(cfg.criterion, kernel, shapes, int(cfg.k), d, cfg.restarts,
+                                         cfg.learning_rate, limit)
+    return {"limit": limit, "hyperparameters": hyper_bytes, "criterion_data": crit_bytes,
+            "search": None if search_bytes is None else data_bytes + search_bytes, "search_group": group}
 
 
 def _padded(B, g: int):
@@ -136,14 +221,8 @@ def batch_search(kind, kernel, data: CritData, k: int, d: int, restarts: int, st
     keep = max(1, restarts // 4)
     first = steps // 4 if keep < restarts else steps
     init, run = _searcher(kind, kernel, float(lr))
-    resident = sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(data))
     n = int(data.X.shape[0])
-    g, call, need = memory.fit_batch(
-        lambda g: _compile(run, init, data, g, k, d), keep, memory.limit(max_memory),
-        lambda b: f"the batch search (n={n} points, {int(data.ell.shape[0])} hyperparameter draws, "
-                  f"{int(data.z.shape[0])} fantasies, k={k}; one start at a time)",
-        "Lower search.num_hyper, search.num_fantasies or search.grid, use sampler=map, or raise max_memory.",
-        resident)
+    g, call, need = plan_search(kind, kernel, _shapes(data), k, d, restarts, lr, memory.limit(max_memory))
     clean = lambda v: np.where(np.isfinite(np.asarray(v)), np.asarray(v), np.inf)  # noqa: E731
     total = restarts * first + keep * (steps - first)
     best = {"B": None, "v": np.inf, "done": 0}

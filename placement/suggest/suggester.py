@@ -13,7 +13,7 @@ from placement.progress import Reporter
 from placement.suggest import criteria, hyper
 from placement.suggest.config import SuggestConfig
 from placement.suggest.kernel import for_bounds
-from placement.suggest.search import batch_search, grid_points
+from placement.suggest.search import batch_search, grid_points, plan_request
 from placement.suggest.table import check_bounds, check_pending, frame_to_arrays, normalise_pending, prepare, \
     suggestions_frame
 
@@ -38,6 +38,9 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
     d = Xn.shape[1]
     kernel = for_bounds(cfg.kernel, b, cfg.alpha, cfg.period)
     crit = criteria.criterion(cfg.criterion)
+    planned = None
+    if getattr(cfg, "approx", "exact") == "exact":  # memory planned before any work: one error if it cannot fit
+        planned = plan_request(cfg, Xn.shape[0], len(Pn), d, kernel, crit)
     prior = hyper.make_prior(cfg.ell_prior, Xn, cfg.noise_sd)
     if cfg.approx == "hsgp":  # the same steps with the Hilbert-space GP (suggest/hsgp.py)
         from placement.suggest import hsgp
@@ -53,7 +56,7 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
     data = criteria.crit_data(Xn, yn, G, draws, z, kernel, Pn) if cfg.approx == "exact" \
         else hsgp.crit_data(Xn, yn, G, draws, z, kernel, basis, Pn)
     found = batch_search(cfg.criterion, kernel, data, int(cfg.k), d, cfg.restarts, cfg.steps,
-                         cfg.learning_rate, cfg.seed, max_memory=cfg.max_memory)
+                         cfg.learning_rate, cfg.seed, max_memory=planned["limit"] if planned else cfg.max_memory)
     Bn, after = found.batch, found.value
     before = crit.sign * float(crit.now(kernel, data))
     if crit.draws is criteria._identity and not len(Pn):
@@ -65,6 +68,7 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
             "pred_mean": mean * y_sd + y_mean, "pred_sd": sd * y_sd, "bounds": b, "y_scale": (y_mean, y_sd),
             "hyper": (ell, eta, sigma), "Xn": Xn, "yn": yn, "kernel": kernel, "pending": Pn * span + b[:, 0],
             "cut_short": found.cut_short, "search_group": found.group, "search_bytes": found.memory,
+            "memory": planned,
             "approx": cfg.approx}
     return Bn * span + b[:, 0], info
 
