@@ -62,9 +62,9 @@ METHODS = PLACEMENT + ("random", "sobol", "maximin", "maxvar", "botorch")
 # Variants: "criterion/sampler+option+option", each option a SuggestConfig setting (options());
 # run with --methods and their own --log. The ones screened:
 VARIANTS = ("expected_total_variance/bayes+spacing", "integrated_variance/bayes+spacing",
-            "integrated_variance/map+spacing", "expected_total_variance/bayes+expquad",
-            "expected_total_variance/bayes+h64", "expected_total_variance/bayes+ns0.2",
-            "mutual_information/bayes+spacing", "hedged_variance/bayes+spacing")
+            "hedged_variance/bayes+spacing", "expected_total_variance/bayes+expquad",
+            "expected_total_variance/bayes+matern32", "expected_total_variance/bayes+ns0.2",
+            "expected_total_variance/bayes+h64")
 
 
 def options(tokens):
