@@ -328,15 +328,16 @@ def test_gradient_cli_time_budget_cuts_the_extra_draws_and_marks_the_result(tmp_
 
 def test_run_time_budget_is_per_step_and_marks_each_cut_step(tmp_path):
     """run's max_seconds is each step's budget: with an unreachable precision target every
-    step's extra draws are cut and the step is marked in trajectory.csv."""
+    step's extra draws are cut and the step is marked in trajectory.csv. The first step's
+    budget also covers compiling its first estimate, so it is not a few seconds."""
     from inprocess import placement
 
     os.environ.setdefault("PLACEMENT_CACHE", str(tmp_path.parent / "jaxcache"))
     out = tmp_path / "out"
     t = time.perf_counter()
-    r = placement("run", "steps=2", "sampler.rel_se=1e-9", "sampler.max_draws=1000000000", "max_seconds=3",
+    r = placement("run", "steps=2", "sampler.rel_se=1e-9", "sampler.max_draws=1000000000", "max_seconds=15",
                   "plots=false", f"hydra.run.dir={out}")
     assert r.code == 0, r.show()
     traj = pd.read_csv(out / "trajectory.csv")
     assert len(traj) >= 2 and (traj["cut_short"].iloc[-2:] == "max_seconds").all(), traj
-    assert time.perf_counter() - t < 2 * 3 + 90  # two budgets plus building the problem and compiling
+    assert time.perf_counter() - t < 2 * 15 + 90  # two budgets plus building the problem
