@@ -71,3 +71,25 @@ def test_one_cpu_device_per_core_unless_set():
     assert cpu_device_flags("", "auto", 1) == "" and cpu_device_flags("", "1", 16) == ""
     kept = "--xla_force_host_platform_device_count=3"
     assert cpu_device_flags(kept, "auto", 16) == kept  # the user's own count wins
+
+
+BLAS_THREADS = ("import placement, jax.numpy as jnp, threadpoolctl; jnp.linalg.cholesky(jnp.eye(2)).block_until_ready(); "
+                "print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'}))")
+
+
+def blas_threads(**env) -> list[int]:
+    base = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS",
+                                                            "XLA_FLAGS", "PLACEMENT_CPU_DEVICES")}
+    out = subprocess.run([sys.executable, "-c", BLAS_THREADS], capture_output=True, text=True, env={**base, **env},
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return eval(out.stdout.strip().splitlines()[-1])
+
+
+def test_blas_is_single_threaded_when_each_core_is_a_device():
+    """With one XLA CPU device per core, LAPACK calls run one per core already; OpenBLAS's own
+    threads under each would oversubscribe the cores (2x slower terms at n=500, runtime.py)."""
+    assert blas_threads(PLACEMENT_CPU_DEVICES="2") == [1]
+    if (os.cpu_count() or 1) > 1:  # otherwise the libraries' own default is one thread too
+        assert blas_threads(PLACEMENT_CPU_DEVICES="1") != [1]  # one device: the libraries' own default
+        assert blas_threads(PLACEMENT_CPU_DEVICES="2", OPENBLAS_NUM_THREADS="2") == [2]  # the user's setting wins
