@@ -44,6 +44,7 @@ class Problem:
     jm: JaxModel
     y_mode: str = "fixed"  # fixed | simulator | predictive (placement.predictive)
     fantasies: Any = None  # predictive.Fantasies in predictive mode
+    eig: Any = None  # eig.EIGSetup for the built-in objective "eig" (expected information gain)
 
 
 def _check_model(model, design: str, X=None) -> None:
@@ -61,7 +62,8 @@ def _check_model(model, design: str, X=None) -> None:
 
 def problem_from_model(model, objective: str | None, design: str = "X", observed: str | None = "y",
                        name: str = "model", y_mode: str | None = None, fantasies: int = 8, features: int = 1024,
-                       fantasy_seed: int = 0, simulator: dict | None = None) -> Problem:
+                       fantasy_seed: int = 0, simulator: dict | None = None,
+                       objective_options: dict | None = None) -> Problem:
     """Export a ``pm.Model`` once to JAX with its design and observed containers as inputs.
 
     Args:
@@ -79,8 +81,11 @@ def problem_from_model(model, objective: str | None, design: str = "X", observed
             Fourier features per GP function draw, and the seed of their random numbers.
         simulator: simulator mode for any model: {"function": name in problems.SIMULATORS or
             a JAX function of X, "noise": sd, "noise_seed": seed of the fixed noise draw}.
+        objective_options: objective="eig" (expected information gain about parameters,
+            predictive mode only; ``placement.eig``): {"params": names of the free variables
+            of interest (default all), "contrastive": L contrastive prior draws per fantasy}.
     """
-    from placement import predictive
+    from placement import eig, predictive
 
     if y_mode is not None:
         predictive.check_y_mode(y_mode)
@@ -93,15 +98,24 @@ def problem_from_model(model, objective: str | None, design: str = "X", observed
     if y_mode == "simulator" and sim is None:
         raise PlacementError("y_mode=simulator needs a function to measure y = g(X) + noise: use a problem built "
                              "with one (problem=simulator) or pass simulator={'function': ..., 'noise': ...}.")
+    builtin_eig = objective == eig.NAME and eig.NAME not in model.named_vars
+    if builtin_eig:  # checked before the export
+        eig.check(y_mode, objective)
+        eig.params_mask(model, eig.eig_config(objective_options).params)
     if y_mode == "predictive":
         predictive.observed_kind(model)  # an unsupported observed distribution fails here, before the export
         if int(fantasies) < 1:
             raise PlacementError(f"fantasies must be >= 1; got {fantasies}.")
-    jm = from_pymc(model, objective=objective, data=design, observed=observed, extras=("pred_mu", "pred_var"))
+    jm = from_pymc(model, objective=None if builtin_eig else objective, data=design, observed=observed,
+                   extras=() if builtin_eig else ("pred_mu", "pred_var"))
     if y_mode == "simulator":
         return Problem(name, with_simulator(jm, *sim), y_mode)
     if y_mode == "predictive":
-        return Problem(name, jm, y_mode, predictive.fantasies_for(model, jm, fantasies, fantasy_seed, features))
+        fa = predictive.fantasies_for(model, jm, fantasies, fantasy_seed, features)
+        if builtin_eig:
+            return Problem(name, dataclasses.replace(jm, objective_name=eig.NAME), y_mode, fa,
+                           eig.prepare(model, fa, objective_options, fantasy_seed))
+        return Problem(name, jm, y_mode, fa)
     return Problem(name, jm, y_mode)
 
 
@@ -121,7 +135,11 @@ def simulator_spec(simulator: dict, model, design: str) -> tuple:
 
 def make_engine(problem: Problem, sampler_cfg: Any, gradient_check: str = "error"):
     """The engine for a problem: an ``Engine``, or a ``predictive.DesignEngine`` over the
-    problem's fantasies in predictive mode."""
+    problem's fantasies in predictive mode, or an ``eig.EIGEngine`` for objective="eig"."""
+    if problem.eig is not None:
+        from placement.eig import EIGEngine
+
+        return EIGEngine(problem.jm, problem.fantasies, problem.eig)
     if problem.fantasies is not None:
         from placement.predictive import DesignEngine
 
@@ -129,7 +147,8 @@ def make_engine(problem: Problem, sampler_cfg: Any, gradient_check: str = "error
     return Engine(problem.jm, sampler_cfg, gradient_check=gradient_check)
 
 
-def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = None) -> Problem:
+def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = None,
+                  objective_options: Any = None) -> Problem:
     """Call the configured builder and export its model to JAX (the command line's path).
 
     Args:
@@ -137,6 +156,7 @@ def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = 
             (see conf/problem/*.yaml).
         kernel: covariance class or partial, passed to builders that take ``kernel``.
         objective: name of the model quantity used as f (default: problem_cfg["objective"]).
+        objective_options: the objective's config (conf/objective/eig.yaml: params, contrastive).
     """
     design_mode = design_mode_options(problem_cfg)  # checked before the builder runs
     builder = load_builder(problem_cfg["builder"])
@@ -159,8 +179,13 @@ def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = 
     objective = objective or problem_cfg.get("objective")
     if not objective:
         raise PlacementError("no objective named: set objective.name=... (the model's Deterministic to use as f).")
+    if objective_options is not None:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(objective_options):
+            objective_options = OmegaConf.to_container(objective_options, resolve=True)
     problem = problem_from_model(model, objective, problem_cfg.get("data", "X"), problem_cfg.get("observed", "y"),
-                                 **design_mode)
+                                 objective_options=objective_options, **design_mode)
     return dataclasses.replace(problem, name=problem_cfg.get("name", "custom"))
 
 
@@ -274,7 +299,8 @@ def posterior_of(engine: Engine, est: GradientEstimate, X, y, num_draws: int | N
     return to_inference_data(est, engine.jm, X, y, weights=weights, num_draws=num_draws, chains=chains, seed=seed)
 
 
-def _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator) -> Problem:
+def _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator,
+             objective_options=None) -> Problem:
     """The problem behind ``gradient`` and ``relocate``: a given ``Problem`` (whose y_mode was
     fixed when it was built) or an export of the model in the requested y_mode."""
     if isinstance(model, Problem):
@@ -288,7 +314,7 @@ def _problem(model, objective, design, observed, X, y_mode, fantasies, seed, sim
         check_y_mode(y_mode)
     _check_model(model, design, X)
     return problem_from_model(model, objective, design, observed, y_mode=y_mode, fantasies=fantasies,
-                              fantasy_seed=seed, simulator=simulator)
+                              fantasy_seed=seed, simulator=simulator, objective_options=objective_options)
 
 
 def _estimate(engine: Engine, est: GradientEstimate, X, y) -> Estimate:
@@ -300,7 +326,7 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
              sampler: Any = "importance", X=None, seed: int = 0, engine: Engine | None = None,
              retry: RetryConfig | dict | None = None, gradient_check: str = "error", y_mode: str | None = None,
              fantasies: int = 8, simulator: dict | None = None, max_seconds: float | None = None,
-             max_memory: Any = None, **sampler_options) -> Estimate:
+             max_memory: Any = None, objective_options: dict | None = None, **sampler_options) -> Estimate:
     """F and dF/dX at X (default: the model's own design) with standard errors.
 
     Args:
@@ -320,6 +346,8 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
             F is averaged over ``fantasies`` draws of y from the model's predictive at X (the
             fantasies' random numbers come from ``seed``: same seed, same fantasies).
         simulator: simulator mode for any model, see ``problem_from_model``.
+        objective_options: for objective="eig" (predictive mode): {"params": [...],
+            "contrastive": L}, see ``problem_from_model`` and ``placement.eig``.
         max_seconds: time budget of the call, as ``placement gradient max_seconds=`` (None/0 =
             none): further draws for ``rel_se`` stop when it runs out (``diagnostics["cut_short"]``);
             a budget spent before the first estimate is a ``PlacementError``.
@@ -339,7 +367,7 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
         raise PlacementError(f"gradient_check must be error, untrusted or off; got {gradient_check!r}.")
     budget.check_seconds(max_seconds), memory.limit(max_memory)  # checked before anything is built
     sampler_cfg = None if engine is not None else settings.sampler_config(sampler, "gradient", **sampler_options)
-    problem = _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator)
+    problem = _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator, objective_options)
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
     with budget.scope(max_seconds), memory.scope(max_memory):  # the CLI's max_seconds and max_memory
@@ -430,13 +458,14 @@ def _optimizer(cfg, optimizer, learning_rate, optimizer_options):
     return settings.instantiate(cfg.optimizer, "optimizer")
 
 
-def relocate(model, objective: str | None = None, *, steps: int = 50, direction: str = "minimize",
+def relocate(model, objective: str | None = None, *, steps: int = 50, direction: str | None = None,
              optimizer: Any = "adam", learning_rate: float | None = None, optimizer_options: dict | None = None,
              constraints: Any = None, sampler: Any = "importance_run", seed: int = 0, X0=None, design: str = "X",
              observed: str | None = "y", grad_tol: float = 0.0, patience: int = 0,
              retry: RetryConfig | dict | None = None, gradient_check: str = "error", progress: bool = True,
              y_mode: str | None = None, fantasies: int = 8, simulator: dict | None = None,
-             max_seconds: float | None = None, max_memory: Any = None, **sampler_options) -> Relocation:
+             max_seconds: float | None = None, max_memory: Any = None, objective_options: dict | None = None,
+             **sampler_options) -> Relocation:
     """Relocate the design along dF/dX: the outer loop of ``placement run``.
 
     Each step estimates F and dF/dX at X (the sampler continues from the previous step's
@@ -445,7 +474,8 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
 
     Args:
         model: a ``pm.Model`` (or a ``Problem``); objective, design, observed: as in ``gradient``.
-        steps: outer steps at most. direction: "minimize" or "maximize" F.
+        steps: outer steps at most. direction: "minimize" or "maximize" F (default: maximize
+            for objective="eig", else minimize).
         optimizer: a name from ``conf/optimizer/`` (adam, sgd, momentum, rmsprop) or an optax
             ``GradientTransformation``. learning_rate: its step size (default: the yaml's, 0.1).
         optimizer_options: further settings of a named optimizer (schedule_kind, clip_norm, ...).
@@ -460,6 +490,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
         progress: show a progress bar (tqdm; a widget in notebooks).
         y_mode, fantasies, simulator: what y is while X moves, as in ``gradient``; predictive
             mode relocates the design for the objective averaged over the data it could give.
+        objective_options: for objective="eig", as in ``gradient``.
         max_seconds: time budget of each step's estimate, as ``placement run max_seconds=``
             (None/0 = none); a cut step has ``cut_short`` in the trajectory.
         max_memory: memory the draws' batches are planned for, as in ``gradient``.
@@ -475,6 +506,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
     if isinstance(optimizer, str):
         choices["optimizer"] = optimizer
     cfg = settings.compose("run", choices)
+    direction = direction or ("maximize" if objective == "eig" else "minimize")
     settings.set_keys(cfg, {"steps": steps, "seed": seed, "gradient_check": gradient_check}, "run")
     settings.set_keys(cfg.objective, {"direction": direction}, "objective")
     settings.set_keys(cfg.stop, {"grad_tol": grad_tol, "patience": patience}, "stop")
@@ -495,7 +527,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
         sampler_cfg = settings.sampler_config(sampler, **sampler_options)
     tx = _optimizer(cfg, optimizer, learning_rate, optimizer_options)
     cons = settings.constraints_from(constraints)
-    problem = _problem(model, objective, design, observed, X0, y_mode, fantasies, seed, simulator)
+    problem = _problem(model, objective, design, observed, X0, y_mode, fantasies, seed, simulator, objective_options)
     jm = problem.jm
     X0 = jm.X if X0 is None else check_design(X0, jm)
     check_design_in_bounds(X0, cons)

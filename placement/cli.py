@@ -93,7 +93,7 @@ def _gradient(cfg) -> None:
     _enable_compile_cache(cfg)
     sampler_cfg = instantiate(cfg.sampler)
     kernel = instantiate(cfg.kernel)
-    problem = build_problem(cfg.problem, kernel, cfg.objective.name)
+    problem = build_problem(cfg.problem, kernel, cfg.objective.name, objective_options=cfg.objective)
     X = None if cfg.get("X") is None else list(cfg.X)
     retry = retry_config(cfg.get("retry"))
     reporter = Reporter("gradient", "draws", "auto")
@@ -223,7 +223,7 @@ def _run(cfg) -> None:
         check_seconds(cfg.max_seconds)
         loop_cfg = dataclasses.replace(loop_cfg, max_seconds=float(cfg.max_seconds))
     optimizer = instantiate(cfg.optimizer)
-    problem = build_problem(cfg.problem, kernel, cfg.objective.name)
+    problem = build_problem(cfg.problem, kernel, cfg.objective.name, objective_options=cfg.objective)
     jm = problem.jm
     domain = (cfg.problem.get("args") or {}).get("domain")
     constraints = settings.constraints_from(cfg.constraints, domain)

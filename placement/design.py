@@ -4,7 +4,7 @@
   For q = a . beta the posterior covariance S(X) = (I / s^2 + phi^T phi / noise^2)^-1 does not
   depend on y, so the expected posterior variance of q is a^T S(X) a (``linear_expected_variance``)
   and the expected information gain about beta is 1/2 log det(I + s^2 phi^T phi / noise^2)
-  (``linear_eig``).
+  (``linear_eig``); about some coordinates alone, 1/2 log det(s^2 I) / det(S_idx) (``linear_eig_subset``).
 - ``tight_gp``: the seed's GP (Matern52 on [0, 10], grid-averaged predictive variance) with
   log-normal priors of width ``prior_sd`` around fixed hyperparameters (default: the seed's
   true ell = 5, eta = 8, sigma = 0.02). As the priors tighten, the expected integrated
@@ -33,8 +33,10 @@ def features(X):
     return [X * 0 + 1.0, X, X**2]
 
 
-def linear_gaussian(n: int = 4, prior_sd: float = 1.0, noise: float = 0.3, a=LINEAR_A, x0=None) -> pm.Model:
-    """The linear-Gaussian model. Deterministics: ``post_var`` = (q - E[q | y, X])^2, whose
+def linear_gaussian(n: int = 4, prior_sd: float = 1.0, noise: float = 0.3, a=LINEAR_A, x0=None,
+                    split: bool = False) -> pm.Model:
+    """The linear-Gaussian model (``split``: the coefficients as three scalar variables b0, b1,
+    b2, so that some can be the parameters of interest and the rest nuisance). Deterministics: ``post_var`` = (q - E[q | y, X])^2, whose
     posterior mean is Var(q | y, X) = a^T S(X) a; ``q_sq`` = q^2, whose expected posterior mean
     is the prior's E[q^2] at every design; ``q_times_mean`` = q E[q | y, X], whose posterior
     mean E[q | y, X]^2 depends on y and has expectation s^2 |a|^2 - a^T S(X) a
@@ -45,7 +47,10 @@ def linear_gaussian(n: int = 4, prior_sd: float = 1.0, noise: float = 0.3, a=LIN
         Xd = pm.Data("X", X0)
         yd = pm.Data("y", np.zeros_like(X0))
         Phi = pt.stack([pt.ones_like(Xd), Xd, pt.square(Xd)], axis=1)
-        beta = pm.Normal("beta", 0.0, prior_sd, shape=3)
+        if split:
+            beta = pt.stack([pm.Normal(f"b{i}", 0.0, prior_sd) for i in range(3)])
+        else:
+            beta = pm.Normal("beta", 0.0, prior_sd, shape=3)
         pm.Normal("y_obs", pt.dot(Phi, beta), noise, observed=yd)
         prec = pt.eye(3) / prior_sd**2 + pt.dot(Phi.T, Phi) / noise**2
         mean = pt.linalg.solve(prec, pt.dot(Phi.T, yd) / noise**2, assume_a="pos")
@@ -79,6 +84,14 @@ def linear_eig(X, prior_sd: float = 1.0, noise: float = 0.3):
     """Expected information gain about beta: 1/2 log det(I + s^2 phi^T phi / noise^2) (JAX)."""
     Phi = jnp.stack(features(jnp.asarray(X)), axis=1)
     return 0.5 * jnp.linalg.slogdet(jnp.eye(3) + prior_sd**2 * Phi.T @ Phi / noise**2)[1]
+
+
+def linear_eig_subset(X, idx, prior_sd: float = 1.0, noise: float = 0.3):
+    """Expected information gain about beta[idx] alone (the rest nuisance): the log ratio of the
+    prior and posterior covariance determinants of those coordinates, 1/2 log det(s^2 I) / det(S_idx) (JAX)."""
+    idx = np.asarray(idx)
+    S = linear_posterior_cov(X, prior_sd, noise)[np.ix_(idx, idx)]
+    return 0.5 * (idx.size * np.log(prior_sd**2) - jnp.linalg.slogdet(S)[1])
 
 
 def tight_gp(n: int = 10, ell: float = 5.0, eta: float = 8.0, sigma: float = 0.02, prior_sd: float = 0.01,

@@ -141,7 +141,7 @@ def _rewrite_checked(outs, inputs, model, X0, y0):
 
 def from_pymc(
     model: pm.Model,
-    objective: str,
+    objective: str | None,
     data: str = "X",
     observed: str | None = "y",
     extras: tuple[str, ...] = (),
@@ -151,7 +151,8 @@ def from_pymc(
 
     Args:
         model: a PyMC model with a ``pm.Data`` design container of shape (n,) or (n, d).
-        objective: name of the quantity f (usually a ``pm.Deterministic``).
+        objective: name of the quantity f (usually a ``pm.Deterministic``); None for an
+            objective computed outside the model (``placement.eig``), f = 0 here.
         data: name of the design container.
         observed: name of the observed-data container, or None if y is a constant.
             If the named container is absent and ``observed == "y"`` (the default), y is
@@ -167,7 +168,7 @@ def from_pymc(
     if observed is not None:
         if observed in model.named_vars or observed != "y":
             y_shared = _container(model, observed, "observed data")
-    if objective not in model.named_vars:
+    if objective is not None and objective not in model.named_vars:
         dets = ", ".join(d.name for d in model.deterministics) or "none"
         raise PlacementError(
             f"the model has no variable named {objective!r} to use as the objective "
@@ -184,7 +185,7 @@ def from_pymc(
 
     logp = model.logp(jacobian=True)
     loglik = model.logp(vars=model.observed_RVs, jacobian=False) if model.observed_RVs else pt.constant(0.0)
-    (f,) = model.replace_rvs_by_values([model[objective]])
+    (f,) = model.replace_rvs_by_values([model[objective]]) if objective is not None else [pt.constant(0.0, dtype="float64")]
     if f.ndim != 0:
         f = pt.sum(f) if f.type.shape == (1,) else f
         if f.ndim != 0:
@@ -274,7 +275,7 @@ def from_pymc(
         y=y0,
         param_names=tuple(flat_names),
         initial_point=flat0,
-        objective_name=objective,
+        objective_name=objective or "none",
         data_name=data,
         observed_name=observed if has_y else None,
         extras=extras_fn,

@@ -75,13 +75,16 @@ class Fantasies(NamedTuple):
 
     kind: "normal" | "gp"; u: (J, k) every random number of each fantasy, flat;
     y_of: (u[k], X) -> y (the observed data's shape), pure JAX, smooth in X;
-    detail: a line for outputs (kernel, features).
+    detail: a line for outputs (kernel, features);
+    theta0: (J, p) each fantasy's parameters from the prior, flat and unconstrained in the
+        model's layout (what the ``eig`` objective contrasts against).
     """
 
     kind: str
     u: np.ndarray
     y_of: Callable
     detail: str = ""
+    theta0: np.ndarray | None = None
 
 
 # -- which observed distributions can be drawn with fixed random numbers ----------------------
@@ -153,7 +156,8 @@ def normal_fantasies(model, data: str, y_shape: tuple, J: int, seed: int) -> Fan
         m, s = fn(u[:p], X)
         return jnp.broadcast_to(m, y_shape) + jnp.broadcast_to(s, y_shape) * u[p:].reshape(y_shape)
 
-    return Fantasies("normal", np.concatenate([theta0, z], axis=1), y_of, "Normal: theta0 from the prior, fixed z")
+    return Fantasies("normal", np.concatenate([theta0, z], axis=1), y_of, "Normal: theta0 from the prior, fixed z",
+                     theta0)
 
 
 # -- GP fantasies: random Fourier features ----------------------------------------------------
@@ -217,17 +221,16 @@ def identify_kernel(model, data: str, jm) -> tuple[str, float]:
 def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024) -> Fantasies:
     """GP fantasies: (ell, eta, sigma) from the prior, a random-Fourier-feature function draw
     and a fixed noise draw per fantasy (see the module docstring)."""
-    import pymc as pm
-
     name, jitter = identify_kernel(model, data, jm)
     d = 1 if jm.X.ndim == 1 else jm.X.shape[1]
     n = jm.X.shape[0]
     M = int(features)
     if M < 1:
         raise PlacementError(f"features must be >= 1; got {features}.")
-    hyper = pm.draw([model["ell"], model["eta"], model["sigma"]], draws=J, random_seed=seed)
-    ell = np.asarray(hyper[0], dtype=np.float64).reshape(J, -1) * np.ones((1, d))
-    eta, sigma = (np.asarray(h, dtype=np.float64).reshape(J, 1) for h in hyper[1:])
+    theta0 = prior_draws(model, J, seed)
+    nat = [jm.constrain(jnp.asarray(t)) for t in theta0]
+    ell = np.stack([np.asarray(h["ell"], dtype=np.float64).reshape(-1) * np.ones(d) for h in nat])
+    eta, sigma = (np.array([float(np.asarray(h[k])) for h in nat]).reshape(J, 1) for k in ("eta", "sigma"))
     rng = np.random.default_rng([seed, 2])
     omega = np.stack([spectral_frequencies(name, rng, M, d) for _ in range(J)])  # (J, M, d)
     b = rng.uniform(0.0, 2.0 * np.pi, size=(J, M))
@@ -242,7 +245,8 @@ def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024) 
         phase = (Xm / ell) @ om.reshape(M, d).T + b
         return eta[0] * jnp.sqrt(2.0 / M) * (jnp.cos(phase) @ w) + jnp.sqrt(sigma[0] ** 2 + jitter) * z
 
-    return Fantasies("gp", u, y_of, f"GP {name}, {M} random Fourier features, hyperparameters from the prior")
+    return Fantasies("gp", u, y_of, f"GP {name}, {M} random Fourier features, hyperparameters from the prior",
+                     theta0)
 
 
 def fantasies_for(model, jm, J: int, seed: int, features: int = 1024) -> Fantasies:
@@ -360,8 +364,11 @@ class DesignEngine:
 
 
 def robust_gradient(engine, key, state, X, y, cfg):
-    """``retry.robust_gradient`` for an ``Engine``; per fantasy for a ``DesignEngine``."""
-    if isinstance(engine, DesignEngine):
+    """``retry.robust_gradient`` for an ``Engine``; per fantasy for a ``DesignEngine``; the
+    ``eig`` objective's own (``eig.EIGEngine``: no sampler to retry)."""
+    from placement.eig import EIGEngine
+
+    if isinstance(engine, (DesignEngine, EIGEngine)):
         return engine.robust_gradient(key, state, X, y, cfg)
     from placement.retry import robust_gradient as single
 
