@@ -151,7 +151,10 @@ def test_hyper_density_matches_pymc_hsgp(name, d, m):
         point = {"ell_log__": theta[:d], "eta_log__": theta[d], "sigma_log__": theta[d + 1]}
         ref = float(logp(point))
         got = float(hsgp.hsgp_logdensity(name, jnp.asarray(theta), st, jnp.asarray(y)))
-        assert abs(got - ref) <= 1e-9 * abs(ref), (got, ref)
+        # the dense 25 x 25 reference (rank <= m^d plus a small noise) loses digits to round-off:
+        # from 3e-8 to 2e-7 relative measured in 2-D (matern32 and matern52 alike), 1e-10 in 1-D; a wrong
+        # spectral density (log_psd off by 0.01) moves the density by more than 1e-4 relative
+        assert abs(got - ref) <= 1e-6 * abs(ref), (got, ref)
 
 
 def _frame(n=60, seed=1):
