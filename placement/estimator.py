@@ -175,8 +175,12 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
     change = ("Use fewer points or a smaller model, or raise max_memory (max_memory=... on the command line, "
               "max_memory= in placement.gradient / placement.relocate).")
     try:
-        batch, _, need = memory.fit_batch(lambda b: _compiled(jm, b, chunk, X, y),
-                                          min(auto_batch(jm), per_device), lim, what, change,
+        batch = min(auto_batch(jm), per_device)
+        if _surely_fits(jm, batch, per_device, X, y, lim):  # small work: no compile just to read its size
+            out = Plan(int(batch), int(chunk), None, int(lim))
+            _PLANS[key] = (jm, out)
+            return out
+        batch, _, need = memory.fit_batch(lambda b: _compiled(jm, b, chunk, X, y), batch, lim, what, change,
                                           resident=X.nbytes + y.nbytes, snap=_power_of_two)
     except PlacementError:
         raise
@@ -187,6 +191,17 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
     out = Plan(int(batch), int(chunk), need, int(lim))
     _PLANS[key] = (jm, out)
     return out
+
+
+def _surely_fits(jm: JaxModel, batch: int, rows: int, X, y, limit: int) -> bool:
+    """Whether a call on ``rows`` draws, ``batch`` at a time, fits in half of ``limit`` by an
+    upper bound from tracing alone (``memory.per_item_bound``: every intermediate of one draw's
+    terms, none reused). Then ``plan`` skips XLA's exact analysis, which compiles the terms at
+    the full chunk: a compile the calls do not use when they have fewer draws."""
+    theta = jnp.asarray(jm.initial_point, dtype=jnp.float64)
+    per_draw = memory.per_item_bound(_one_terms(jm), theta, X, y)
+    io = rows * 8 * (jm.ndim + 2 + 2 * int(X.size))  # the draws in, the terms out
+    return batch * per_draw + io <= limit // 2
 
 
 def shared_terms(jm: JaxModel, batch_size: int | None = None) -> Callable:

@@ -18,6 +18,8 @@ import os
 import re
 from typing import Callable, Iterator
 
+import numpy as np
+
 from placement.errors import PlacementError
 
 DEFAULT_FRACTION = 0.8  # default max_memory: this share of the memory available when the work starts
@@ -115,6 +117,31 @@ def compiled_bytes(compiled, resident: int = 0) -> int | None:
         return None
     return max(0, int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
                   - int(resident))
+
+
+def _jaxpr_values_bytes(jaxpr) -> int:
+    """Bytes of every value a jaxpr creates, its sub-jaxprs' (loop bodies, calls, branches)
+    counted once each: an upper bound on what it holds at once, whatever XLA reuses."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        for v in eqn.outvars:
+            aval = getattr(v, "aval", None)
+            if hasattr(aval, "shape") and hasattr(aval, "dtype"):
+                total += int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+        for param in eqn.params.values():
+            for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    total += _jaxpr_values_bytes(inner)
+    return total
+
+
+def per_item_bound(fn: Callable, *args) -> int:
+    """An upper bound on the bytes ``fn(*args)`` holds at once for one item (one draw): every
+    intermediate value of its traced program, none reused. Tracing only: nothing is compiled."""
+    import jax
+
+    return _jaxpr_values_bytes(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def fit_batch(compile_at: Callable[[int], object], batch: int, budget: int, what: Callable[[int], str],

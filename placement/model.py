@@ -256,8 +256,9 @@ def from_pymc(
         flat_names += [n] if k == 1 and s in ((), (1,)) else [f"{n}[{i}]" for i in range(k)]
 
     logdensity = wrap(fns[0])
-    try:  # evaluate once on the model's own data: mismatched shapes fail here, with a message
-        logdensity(jnp.asarray(flat0), jnp.asarray(X0), None if y0 is None else jnp.asarray(y0))
+    try:  # trace once on the model's own data's shapes: mismatched shapes fail here, with a message
+        # (abstract evaluation: nothing is compiled or run, where an eager call compiled every op)
+        jax.eval_shape(logdensity, jnp.asarray(flat0), jnp.asarray(X0), None if y0 is None else jnp.asarray(y0))
     except (TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PlacementError(

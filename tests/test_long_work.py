@@ -183,12 +183,15 @@ def test_memory_forcing_a_smaller_batch_gives_the_same_terms(seed_problem):
 
     jm = seed_problem.jm
     default = estimator.plan(jm)
-    with memory.scope(default.bytes // 2):
+    X, y = np.asarray(jm.X), np.asarray(jm.y)
+    # the default plan fits by its traced bound alone (no compile); XLA's figure for that call:
+    need = memory.compiled_bytes(estimator._compiled(jm, default.batch, default.chunk, X, y), X.nbytes + y.nbytes)
+    assert default.bytes is None and need < default.limit // 2
+    with memory.scope(need // 2):
         small = estimator.shared_terms(jm)
-    assert small.plan.batch < default.batch and small.plan.bytes <= default.bytes // 2
+    assert small.plan.batch < default.batch and small.plan.bytes <= need // 2
     assert small.plan.chunk == default.chunk
     theta = np.asarray(jm.initial_point) + 0.3 * np.random.default_rng(3).normal(size=(default.chunk, jm.ndim))
-    X, y = np.asarray(jm.X), np.asarray(jm.y)
     for a, b in zip(estimator.shared_terms(jm)(theta, X, y), small(theta, X, y)):
         np.testing.assert_array_equal(a, b)
 
@@ -341,3 +344,22 @@ def test_run_time_budget_is_per_step_and_marks_each_cut_step(tmp_path):
     traj = pd.read_csv(out / "trajectory.csv")
     assert len(traj) >= 2 and (traj["cut_short"].iloc[-2:] == "max_seconds").all(), traj
     assert time.perf_counter() - t < 2 * 15 + 90  # two budgets plus building the problem
+
+
+@pytest.mark.parametrize("n", [10, 80])
+def test_traced_memory_bound_is_above_what_xla_plans(n):
+    """plan() skips XLA's memory analysis when the traced bound (every intermediate of one
+    draw's terms, none reused) fits: that bound must be above XLA's own figure for the call."""
+    import jax.numpy as jnp
+
+    from placement import estimator, memory
+    from placement.model import from_pymc
+    from placement.problems import seed_gp
+
+    jm = from_pymc(seed_gp(n=n), "integrated_variance")
+    X, y = jnp.asarray(jm.X), jnp.asarray(jm.y)
+    per_draw = memory.per_item_bound(estimator._one_terms(jm), jnp.asarray(jm.initial_point), X, y)
+    for batch, rows in [(1, 8), (8, 64)]:
+        need = memory.compiled_bytes(estimator._compiled(jm, batch, rows, X, y), X.nbytes + y.nbytes)
+        bound = batch * per_draw + rows * 8 * (jm.ndim + 2 + 2 * int(X.size))
+        assert need <= bound < 50 * need, (n, batch, need, bound)
