@@ -8,7 +8,8 @@ J fantasies) starts from a design bunched in the middle; its final design is sco
 closed form (``placement.design.gp_imse``) and compared with the optimum found by L-BFGS-B on
 the closed form (best of 8 starts, ``placement.design.imse_optimal``).
 
-    python experiments/design_mode.py [--steps 80] [--fantasies 1] [--lr 0.15]
+    python experiments/design_mode.py [--steps 80] [--fantasies 1] [--lr 0.3] [--b1 0.5] [--b2 0.9]
+(the defaults are conf/experiment/design_predictive.yaml's optimizer)
 Prints one JSON line (also appended to experiments/results/design_mode.jsonl).
 """
 
@@ -26,7 +27,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--fantasies", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=0.15)
+    ap.add_argument("--lr", type=float, default=0.3)
+    ap.add_argument("--b1", type=float, default=0.5)
+    ap.add_argument("--b2", type=float, default=0.9)
     ap.add_argument("--prior-sd", type=float, default=0.001)
     args = ap.parse_args()
 
@@ -38,12 +41,12 @@ def main() -> None:
     X0 = np.linspace(2.0, 8.0, 10)
     model = design.tight_gp(prior_sd=args.prior_sd, x0=X0)
     run = placement.relocate(model, "integrated_variance", steps=args.steps, learning_rate=args.lr,
-                             optimizer_options={"schedule_kind": "cosine", "end_factor": 0.05},
+                             optimizer_options={"schedule_kind": "cosine", "end_factor": 0.05, "b1": args.b1, "b2": args.b2},
                              constraints={"lower": 0.0, "upper": 10.0}, sampler="quadrature", points=9,
                              y_mode="predictive", fantasies=args.fantasies, progress=False)
     X = np.sort(run.X)
     imse = float(design.gp_imse(X))
-    row = {"steps": args.steps, "fantasies": args.fantasies, "lr": args.lr, "prior_sd": args.prior_sd,
+    row = {"steps": args.steps, "fantasies": args.fantasies, "lr": args.lr, "b1": args.b1, "b2": args.b2, "prior_sd": args.prior_sd,
            "imse_start": float(design.gp_imse(X0)), "imse_final": imse, "imse_optimal": imse_opt,
            "ratio": imse / imse_opt, "imse_even_grid": float(design.gp_imse(np.linspace(0, 10, 10))),
            "F_final": run.F, "F_se_final": run.F_se, "X_final": X.round(4).tolist(),
