@@ -9,7 +9,8 @@ from pathlib import Path
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
-FIGURES = ["seed_gradient.png", "seed_gradient_pymc.png", "warm_vs_cold.png", "active_learning.png", "hsgp_crossover.png"]
+FIGURES = ["seed_gradient.png", "seed_gradient_pymc.png", "warm_vs_cold.png", "active_learning.png", "hsgp_crossover.png",
+           "design_compare.png"]
 
 
 def _generator():
