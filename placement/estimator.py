@@ -72,29 +72,42 @@ class GradientEstimate(NamedTuple):
 _PLANS: dict = {}
 _TERMS: dict = {}
 CHUNK = 2048  # most draws per compiled call of the shared terms
-CHUNK_WORK = 5e8  # draws x n^3 per compiled call: a GP's terms then take about 1 s on one CPU core
+CALL_WORK = 9e6  # draws x n^2 (1 + n / 2500) per compiled call: about 1 s of a GP's terms on one CPU core
 ACCELERATOR_WORK = 64  # ... and an accelerator (GPU) does that much more per call
+BATCH_ELEMENTS = 250_000  # draws vectorised at once x n^2: larger batches ran slower per draw on CPU
 MIN_PAD = 64  # fewer draws than a chunk are padded to a power of two, at least this many
 
 
-def auto_batch(jm: JaxModel) -> int:
-    """Preferred draws vectorised at once: 512 for small models, fewer as the n x n matrices
-    grow (batch x n^2 <= 4e6 elements per matrix); ``plan`` lowers it to fit ``max_memory``."""
+def _draw_work(jm: JaxModel) -> float:
+    """Relative cost of one draw's terms: n^2 (1 + n / 2500) for n points (fitted to a GP's terms
+    on one CPU core: 0.3 ms at n = 60, 4 ms at n = 200, 45 ms at n = 500; the n x n products and
+    the grid dominate below n ~ 1000, the factorisation above)."""
     n = int(jm.X.shape[0]) if jm.X.ndim else 1
-    return int(np.clip(4_000_000 // max(n * n, 1), 8, 512))
+    return n * n * (1.0 + n / 2500.0)
+
+
+def auto_batch(jm: JaxModel) -> int:
+    """Preferred draws vectorised at once, a power of two: 512 for small models, fewer as the
+    n x n matrices grow (batch x n^2 <= BATCH_ELEMENTS). Measured on the GP's terms on one CPU
+    core, n = 60: 0.31 ms per draw at batch 32-64, 0.40 ms at 512; n = 200: 3.4-4.4 ms at 1-8,
+    5.1 ms at 32, where each call also page-faulted its fresh 160 MB of temporaries (40 ms).
+    ``plan`` lowers it to fit ``max_memory``."""
+    n = int(jm.X.shape[0]) if jm.X.ndim else 1
+    return _power_of_two(int(np.clip(BATCH_ELEMENTS // max(n * n, 1), 1, 512)))
 
 
 def auto_chunk(jm: JaxModel, nbytes: int | None = None) -> int:
     """Draws per compiled call, a power of two: CHUNK for small models, fewer as a draw's work
-    grows (about n^3 for n x n matrices), so signals and the time budget act within about a
-    second or two; with ``nbytes`` (max_memory), also small enough that a call's draws and
-    results (p + 2 + 2 x X.size values each) take at most a quarter of it."""
-    n = int(jm.X.shape[0]) if jm.X.ndim else 1
-    work = CHUNK_WORK * (1 if jax.local_devices()[0].platform == "cpu" else ACCELERATOR_WORK)
-    c = min(CHUNK, max(1, work // max(n**3, 1)))
+    grows, so that a call takes about a second (signals and the time budget act between calls,
+    and each call's fixed cost stays a few percent); with ``nbytes`` (max_memory), also small
+    enough that a call's draws and results (p + 2 + 2 x X.size values each) take at most a
+    quarter of it."""
+    work = CALL_WORK * (1 if jax.local_devices()[0].platform == "cpu" else ACCELERATOR_WORK)
+    c = min(CHUNK, max(1.0, work / _draw_work(jm)))
+    c = 1 << int(np.round(np.log2(c)))  # the nearest power of two: calls of 0.7-1.4 s
     if nbytes is not None:
-        c = min(c, max(1, nbytes // (4 * 8 * (jm.ndim + 2 + 2 * int(np.size(jm.X))))))
-    return 1 << int(np.log2(c))
+        c = min(c, _power_of_two(max(1, nbytes // (4 * 8 * (jm.ndim + 2 + 2 * int(np.size(jm.X)))))))
+    return int(min(c, CHUNK))
 
 
 class Plan(NamedTuple):
