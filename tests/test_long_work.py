@@ -363,3 +363,28 @@ def test_traced_memory_bound_is_above_what_xla_plans(n):
         need = memory.compiled_bytes(estimator._compiled(jm, batch, rows, X, y), X.nbytes + y.nbytes)
         bound = batch * per_draw + rows * 8 * (jm.ndim + 2 + 2 * int(X.size))
         assert need <= bound < 50 * need, (n, batch, need, bound)
+
+
+def test_criterion_data_factorised_in_chunks_equals_one_call(monkeypatch):
+    """Large n: the per-draw factorisations run in several compiled calls (signals and the time
+    budget act between them); the arrays equal one call's, bit for bit, padding dropped."""
+    from placement import budget
+    from placement.suggest import criteria
+    from placement.suggest.config import SuggestConfig
+    from placement.suggest.kernel import for_bounds
+
+    rng = np.random.default_rng(0)
+    n, d, M = 30, 2, 10
+    X, y, G = rng.uniform(size=(n, d)), rng.normal(size=n), rng.uniform(size=(16, d))
+    c = SuggestConfig()
+    kernel = for_bounds("matern52", np.array([[0.0, 1.0]] * d), c.alpha, c.period)
+    hyper = (rng.uniform(0.2, 0.5, (M, d)), rng.uniform(0.5, 2.0, M), rng.uniform(0.05, 0.2, M))
+    z = criteria.fantasy_normals(4, M, 3, 0)
+    whole = criteria.crit_data(X, y, G, hyper, z, kernel)
+    monkeypatch.setattr(criteria, "FACTOR_WORK", 4.5 * n**3)  # 4 draws per call: calls of 4, 4, 4 (2 padded)
+    seen = []
+    with budget.scope(progress=lambda done, total, note: seen.append((done, total))):
+        parts = criteria.crit_data(X, y, G, hyper, z, kernel)
+    assert seen == [(4, M), (8, M), (10, M)]
+    for a, b in zip(whole, parts):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
