@@ -112,7 +112,7 @@ def search_rows(ns, reps: int) -> list[dict]:
 
 def report(rows, path: Path) -> None:
     lines = ["# Cost of chunking long work (experiments/chunk_cost.py)", "",
-             f"One process, {os.cpu_count()} cores; medians of alternating repeats after a warm-up; "
+             f"One process, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; medians of alternating repeats after a warm-up; "
              "ratio = chunked / one call. Results identical both ways where marked.", "",
              "| task | n | calls / chunk | chunked s | one call s | ratio | identical |",
              "|---|---|---|---|---|---|---|"]
@@ -133,7 +133,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "chunk_cost")
     a = ap.parse_args(argv)
-    rows = gradient_rows(a.n, a.draws, a.reps) + search_rows(a.search_n, a.reps)
+    rows = gradient_rows(a.n, a.draws, a.reps)
+    report(rows, a.out)  # written after each part: a long search part does not lose the first
+    rows += search_rows(a.search_n, a.reps)
     report(rows, a.out)
 
 
