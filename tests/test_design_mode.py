@@ -105,18 +105,48 @@ def test_config_y_mode_checked_before_the_builder():
 
 
 # -- expected information gain (placement.eig): PCE against the closed form -------------------
+# Speed: eig.prepare draws the J x L contrastive parameters with pm.draw, one Python call per
+# draw (~25 us each), so J = 400, L = 8192 spent ~90 s drawing 3.3 M prior draws and ~2 s on the
+# estimate itself. Here the problem is built through the API at a small L (its contrastive draws
+# checked against the prior), and the large-L estimate gets its contrastive draws from NumPy:
+# beta ~ N(0, I) has no transform, so the flat unconstrained prior is exactly N(0, I_3), the
+# distribution prepare draws from. The estimate still runs through api.gradient and EIGEngine.
+def _eig_problem(L, seed, fantasies=400, L_api=64, **options):
+    """The eig Problem as api.gradient builds it (fantasy_seed = seed), with contrastive L_api,
+    then its (J, L_api, 3) prior draws checked and replaced by (J, L, 3) iid N(0, 1) draws."""
+    import dataclasses
+
+    from placement import eig
+
+    model = design.linear_gaussian(split=bool(options.get("params")))
+    problem = api.problem_from_model(model, "eig", y_mode="predictive", fantasies=fantasies, fantasy_seed=seed,
+                                     objective_options={**options, "contrastive": L_api})
+    c = problem.eig.contrastive
+    assert c.shape == (fantasies, L_api, 3) and problem.eig.cfg.contrastive == L_api
+    # prepare's draws are the prior N(0, I_3): moments within 5 SE (N = J L_api = 25600 per column),
+    # uncorrelated, all distinct and none equal to a fantasy's theta0 (independent of the fantasies)
+    flat = c.reshape(-1, 3)
+    N = flat.shape[0]
+    assert np.all(np.abs(flat.mean(0)) < 5 / np.sqrt(N)), flat.mean(0)
+    assert np.all(np.abs(flat.var(0) - 1) < 5 * np.sqrt(2 / N)), flat.var(0)
+    assert np.all(np.abs(np.corrcoef(flat.T)[np.triu_indices(3, 1)]) < 5 / np.sqrt(N))
+    assert len(np.unique(flat[:, 0])) == N and not np.isin(np.asarray(problem.fantasies.theta0)[:, 0], flat[:, 0]).any()
+    draws = np.random.default_rng([seed, 3]).standard_normal((fantasies, L, 3))
+    return dataclasses.replace(problem, eig=problem.eig._replace(contrastive=draws, cfg=problem.eig.cfg._replace(
+        contrastive=L)))
+
+
 def test_eig_matches_closed_form_linear_gaussian():
     """At L = 8192 the PCE bias (measured: -0.14 nats at L = 512, -0.05 at 2048) is below the SE."""
-    model = design.linear_gaussian()
     X = np.array([-0.7, -0.1, 0.3, 0.8])
-    est = api.gradient(model, "eig", X=X, y_mode="predictive", fantasies=400,
-                       objective_options={"contrastive": 8192}, seed=3)
+    est = api.gradient(_eig_problem(8192, seed=3), X=X, seed=3)
     exact = float(design.linear_eig(X))
     g_exact = np.asarray(jax.grad(design.linear_eig)(jnp.asarray(X)))
     h = 1e-5
     fd = [(design.linear_eig(X + h * e) - design.linear_eig(X - h * e)) / (2 * h) for e in np.eye(4)]
     np.testing.assert_allclose(g_exact, fd, rtol=1e-6, atol=1e-10)
     assert est.diagnostics["sampler"] == "pce" and est.diagnostics["contrastive"] == 8192
+    assert est.diagnostics["fantasies"] == 400 and not est.diagnostics["nuisance"]
     assert est.F_se < 0.03 * exact and np.all(np.asarray(est.grad_se) < 0.1 * np.max(np.abs(g_exact)))
     zF, zg = _z(est, exact, g_exact)
     assert zF < 4.0 and zg < 4.0, (est.F, exact, est.grad, g_exact, est.grad_se)
@@ -132,13 +162,11 @@ def test_eig_pce_is_a_lower_bound_at_small_L():
 
 
 def test_eig_about_a_subset_with_nuisance():
-    model = design.linear_gaussian(split=True)
     X = np.array([-0.7, -0.1, 0.3, 0.8])
-    est = api.gradient(model, "eig", X=X, y_mode="predictive", fantasies=400,
-                       objective_options={"params": ["b1"], "contrastive": 4096}, seed=5)
+    est = api.gradient(_eig_problem(4096, seed=5, params=["b1"]), X=X, seed=5)
     exact = float(design.linear_eig_subset(X, [1]))
     g_exact = np.asarray(jax.grad(lambda x: design.linear_eig_subset(x, [1]))(jnp.asarray(X)))
-    assert est.diagnostics["nuisance"] and est.F_se < 0.05 * exact
+    assert est.diagnostics["nuisance"] and est.diagnostics["contrastive"] == 4096 and est.F_se < 0.05 * exact
     zF, zg = _z(est, exact, g_exact)
     assert zF < 4.0 and zg < 4.0, (est.F, exact, est.grad, g_exact, est.grad_se)
 
