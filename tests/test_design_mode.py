@@ -181,7 +181,7 @@ def test_eig_needs_predictive_mode_and_known_params():
 # -- the total derivative's dy/dX term, on an objective whose posterior mean depends on y -----
 @pytest.mark.xfail(reason="not yet precise enough to judge: at these settings the gradient's SE (0.02-0.06) is 5x its "
                    "largest exact component (0.012), so the check cannot tell the dy/dX term apart; needs more "
-                   "fantasies or a better-conditioned design", strict=False)
+                   "fantasies or a better-conditioned design", strict=False, run=False)
 def test_predictive_total_derivative_needs_dy_dX():
     """f = q E[q | y, X]: E_y[F] = s^2 |a|^2 - a^T S(X) a. With the dy/dX term the estimate
     matches the closed form's gradient; with it zeroed (the Jacobian of y in X set to 0) it does not."""
