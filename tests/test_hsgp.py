@@ -83,13 +83,13 @@ def test_likelihood_is_the_dense_hsgp_gaussian_with_the_boundary_fixed_at_build_
 
 
 @pytest.mark.parametrize("objective", ["gp_mu", "integrated_variance"])
-def test_x_derivatives_match_finite_differences(objective):
+def test_x_derivatives_match_finite_differences(objective, hsgp_jm):
     """d log p/dX and df/dX through the sin basis, at 24 parameter values around the prior
     (lengthscales 0.2-14, noise sd 0.01-1), by the project's self-check."""
-    jm = from_pymc(hsgp_gp(), objective)
+    jm = hsgp_jm if objective == "gp_mu" else from_pymc(hsgp_gp(), objective)
     rng = np.random.default_rng(0)
     thetas = np.column_stack([rng.uniform(-1.5, 2.6, 24), rng.uniform(-1, 3, 24), rng.uniform(-4.6, 0, 24)])
-    _, _, df, s = make_terms(jm)(jnp.asarray(thetas), jnp.asarray(jm.X), jnp.asarray(jm.y))
+    _, _, df, s = padded_terms(jm)(jnp.asarray(thetas), jnp.asarray(jm.X), jnp.asarray(jm.y))
     r = check_gradients(make_values(jm), jm, thetas, s, df, jm.X, jnp.asarray(jm.y), jax.random.PRNGKey(1), directions=2)
     assert r.problem is None, r.problem
     assert np.abs(np.asarray(s)).max() > 1e-3 and np.abs(np.asarray(df)).max() > 1e-4  # not trivially zero
@@ -107,16 +107,43 @@ def test_bad_arguments_say_what_to_fix():
 
 
 # -- the posterior gradient against exact answers ---------------------------------------------------
+CHUNK = 2048  # draws per compiled call of the terms
+
+
+def padded_terms(jm):
+    """make_terms(jm) called with exactly CHUNK draws (the rest padded with copies of the first
+    draw and dropped; every draw's terms are computed on their own, so the numbers are those of
+    an unpadded call): one compiled program per model serves the whole quadrature grid (33 calls)
+    and the 24 draws of the derivative check, instead of one per chunk shape."""
+    terms = make_terms(jm)
+
+    def call(thetas, X, y):
+        thetas = jnp.asarray(thetas)
+        n = thetas.shape[0]
+        assert n <= CHUNK
+        full = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (CHUNK - n, thetas.shape[1]))])
+        return tuple(o[:n] for o in terms(full, X, y))
+
+    return call
+
+
+def quadrature(jm):
+    return quadrature_answer(jm, jm.X, jm.y, points=QUAD, chunk=CHUNK, terms=padded_terms(jm))[:3]
+
+
+@pytest.fixture(scope="module")
+def hsgp_jm():
+    return from_pymc(hsgp_gp(), "gp_mu")
+
+
 @pytest.fixture(scope="module")
 def exact_gp():
-    jm = from_pymc(seed_gp(), "gp_mu")
-    return quadrature_answer(jm, jm.X, jm.y, points=QUAD)[:3]
+    return quadrature(from_pymc(seed_gp(), "gp_mu"))
 
 
 @pytest.fixture(scope="module")
-def hsgp_truth():
-    jm = from_pymc(hsgp_gp(), "gp_mu")
-    return quadrature_answer(jm, jm.X, jm.y, points=QUAD)[:3]
+def hsgp_truth(hsgp_jm):
+    return quadrature(hsgp_jm)
 
 
 def test_hsgp_gradient_is_near_the_exact_gps(exact_gp, hsgp_truth):

@@ -5,13 +5,16 @@
   covariance phi diag(s^2) phi^T (criteria.kmat swapped for it; the exact code takes the prior
   variance at G as eta^2, so the HSGP side is shifted by eta^2 - k_HSGP(x, x) there): values
   and B-gradients of every criterion to 1e-7 relative (rounding through covariances of
-  condition ~1e4).
+  condition ~1e4; 1e-12 measured), at m = 200 > n (P = phi^T phi rank-deficient).
 - Accuracy: at m = 200 each criterion and its gradient differ from the exact GP's, at fixed
   hyperparameters, by at most the exact effect of the prior-variance error at G plus 2x the
   first-order prediction |dC/dt| at t = 0 along K(t) = K_exact + t (K_HSGP - K_exact)
   (central differences of the exact path's code): the approximation error is what the kernel
   error predicts; the values are within 3e-3 relative, the gradients within 15% (9% measured for
   expected_total_variance, whose gradient is small at this batch).
+- Both run as two compiled programs per criterion (the HSGP's, and the exact code's with t an
+  input: t = 0 is the exact GP (its numbers to 1e-14), t = +-h the central difference, t = 1 the
+  dense HSGP), shared by the two tests; op-by-op (unjitted) they took 4-5x as long.
 - The hyperparameter log density equals a PyMC model built with pm.gp.HSGP.prior_linearized
   and a dense MvNormal likelihood at the same values (same priors, L and centre), to 1e-9.
 - End to end: suggest(..., approx="hsgp") for MAP and Bayes, pending points, and one clear
@@ -19,6 +22,8 @@
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -43,50 +48,83 @@ def _data(n=30, seed=0):
     return X, (y - y.mean()) / y.std()
 
 
-def _dense_hsgp_kmat(basis, t=1.0):
-    """kmat with the covariance K_exact + t (K_HSGP - K_exact); t = 1: the HSGP's."""
+M_LARGE = 200  # basis functions: the accuracy test's m, and the algebra test's (m > n: P is rank-deficient)
+H = 1e-2  # central difference in t: its own error is O(h^2) of the second-order term
+
+
+def _mixed_kmat(basis, t):
+    """kmat with the covariance K_exact + t (K_HSGP - K_exact); t = 1: the HSGP's, t = 0: the exact
+    GP's (t is a traced input, so one compiled program serves every t)."""
     def km(kernel, A, B, ls, eta):
         s = hsgp.scales(kernel.name, basis, ls, eta)
         Kh = (hsgp.features(basis, A) * s**2) @ hsgp.features(basis, B).T
-        return Kh if t == 1.0 else kmat(kernel, A, B, ls, eta) + t * (Kh - kmat(kernel, A, B, ls, eta))
+        Ke = kmat(kernel, A, B, ls, eta)
+        return Ke + t * (Kh - Ke)
 
     return km
 
 
-def _exact_path(kind, X, y, G, z, B, monkeypatch=None, km=None):
-    """Value and B-gradient of a criterion through criteria.py's exact code (its kmat swapped
-    for km when given)."""
+@functools.lru_cache(maxsize=None)
+def _exact_program(kind):
+    """Jitted (t, basis, X, y, G, hyper, z, B) -> value and B-gradient of a criterion through
+    criteria.py's exact code, its kmat swapped for _mixed_kmat(basis, t) while the program is
+    traced (the factoriser's cache is cleared around it, so no other caller sees the swap)."""
     c = criteria.criterion(kind)
-    if km is not None:
-        monkeypatch.setattr(crit_mod, "kmat", km)
-        criteria._factoriser.cache_clear()
-    try:
-        data = criteria.crit_data(X, y, G, c.draws(*HYP), z, KER)
-        v, g = jax.value_and_grad(lambda b: c.value(KER, b, data))(B)
-        return float(v), np.asarray(g)
-    finally:
-        if km is not None:
-            monkeypatch.undo()
+
+    def run(t, basis, X, y, G, hyper, z, B):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(crit_mod, "kmat", _mixed_kmat(basis, t))
             criteria._factoriser.cache_clear()
+            try:
+                data = criteria.crit_data(X, y, G, hyper, z, KER)
+                return jax.value_and_grad(lambda b: c.value(KER, b, data))(B)
+            finally:
+                criteria._factoriser.cache_clear()
+
+    return jax.jit(run)
 
 
-def _hsgp_path(kind, X, y, G, z, B, basis, shift=False):
-    """Value and B-gradient through hsgp.py. shift: with the prior variance at G taken as eta^2,
-    as criteria.py's exact code takes it, instead of the HSGP's own k_HSGP(x, x) (the
-    difference delta does not depend on B: ek_variance's value moves by its mean)."""
+@functools.lru_cache(maxsize=None)
+def _hsgp_program(kind):
+    """Jitted (basis, X, y, G, hyper, z, B) -> value and B-gradient through hsgp.py, as it is
+    and shifted: with the prior variance at G taken as eta^2, as criteria.py's exact code takes
+    it, instead of the HSGP's own k_HSGP(x, x) (the difference delta does not depend on B:
+    ek_variance's value moves by its mean)."""
     c = criteria.criterion(kind)
-    data = hsgp.crit_data(X, y, G, c.draws(*HYP), z, KER, basis)
-    phiG = hsgp.features(basis, data.G)
-    delta = data.eta[:, None] ** 2 - data.s**2 @ (phiG**2).T  # (M, g) eta^2 - k_HSGP(x, x)
-    if shift and kind != "ek_variance":
-        data = data._replace(var_G=data.var_G + delta)
-    v, g = jax.value_and_grad(lambda b: c.value(KER, b, data))(B)
-    v = float(v) + (float(jnp.mean(delta)) if shift and kind == "ek_variance" else 0.0)
-    return v, np.asarray(g)
+
+    def run(basis, X, y, G, hyper, z, B):
+        data = hsgp.crit_data(X, y, G, hyper, z, KER, basis)
+        phiG = hsgp.features(basis, data.G)
+        delta = data.eta[:, None] ** 2 - data.s**2 @ (phiG**2).T  # (M, g) eta^2 - k_HSGP(x, x)
+        v, g = jax.value_and_grad(lambda b: c.value(KER, b, data))(B)
+        if kind == "ek_variance":
+            vs, gs = v + jnp.mean(delta), g
+        else:
+            shifted = data._replace(var_G=data.var_G + delta)
+            vs, gs = jax.value_and_grad(lambda b: c.value(KER, b, shifted))(B)
+        return v, g, vs, gs
+
+    return jax.jit(run)
 
 
-@pytest.fixture(scope="module")
-def setting():
+@functools.lru_cache(maxsize=None)
+def _paths(kind):
+    """Every number the two tests below read, for one criterion at the fixed setting: the HSGP's
+    (value, gradient) as is ("hsgp") and shifted ("shift"), and the exact code's with the
+    covariance K_exact + t (K_HSGP - K_exact) at t = 0 ("exact"), +-h and 1 ("dense")."""
+    X, y, G, z, B = _setting()
+    basis = hsgp.make_basis(X, M_LARGE, 2.0)
+    hyper = tuple(jnp.asarray(h, dtype=jnp.float64) for h in criteria.criterion(kind).draws(*HYP))
+    args = (basis, jnp.asarray(X), jnp.asarray(y), jnp.asarray(G), hyper, jnp.asarray(z), B)
+    vh, gh, vs, gs = _hsgp_program(kind)(*args)
+    exact = _exact_program(kind)
+    out = {"hsgp": (vh, gh), "shift": (vs, gs)}
+    for name, t in (("exact", 0.0), ("plus", H), ("minus", -H), ("dense", 1.0)):
+        out[name] = exact(jnp.asarray(t), *args)
+    return {k: (float(v), np.asarray(g)) for k, (v, g) in out.items()}
+
+
+def _setting():
     X, y = _data()
     G = grid_points(1, 48, 0)
     z = criteria.fantasy_normals(4, 2, 3, 0)
@@ -95,26 +133,19 @@ def setting():
 
 
 @pytest.mark.parametrize("kind", criteria.CRITERIA)
-def test_weight_space_equals_dense_hsgp(kind, setting, monkeypatch):
-    X, y, G, z, B = setting
-    basis = hsgp.make_basis(X, 30, 2.0)
-    vh, gh = _hsgp_path(kind, X, y, G, z, B, basis, shift=True)
-    vd, gd = _exact_path(kind, X, y, G, z, B, monkeypatch, _dense_hsgp_kmat(basis))
+def test_weight_space_equals_dense_hsgp(kind):
+    p = _paths(kind)
+    (vh, gh), (vd, gd) = p["shift"], p["dense"]
     assert abs(vh - vd) <= 1e-7 * abs(vd) + 1e-12, (vh, vd)
     assert np.linalg.norm(gh - gd) <= 1e-7 * np.linalg.norm(gd) + 1e-10, (gh, gd)
 
 
 @pytest.mark.parametrize("kind", criteria.CRITERIA)
-def test_large_m_matches_exact_within_kernel_error(kind, setting, monkeypatch):
-    X, y, G, z, B = setting
-    basis = hsgp.make_basis(X, 200, 2.0)
-    vh, gh = _hsgp_path(kind, X, y, G, z, B, basis)
-    vs, gs = _hsgp_path(kind, X, y, G, z, B, basis, shift=True)
-    ve, ge = _exact_path(kind, X, y, G, z, B)
-    h = 1e-2  # central difference in t: its own error is O(h^2) of the second-order term
-    vp, gp = _exact_path(kind, X, y, G, z, B, monkeypatch, _dense_hsgp_kmat(basis, h))
-    vm, gm = _exact_path(kind, X, y, G, z, B, monkeypatch, _dense_hsgp_kmat(basis, -h))
-    dv, dg = (vp - vm) / (2 * h), (gp - gm) / (2 * h)
+def test_large_m_matches_exact_within_kernel_error(kind):
+    p = _paths(kind)
+    (vh, gh), (vs, gs), (ve, ge) = p["hsgp"], p["shift"], p["exact"]
+    (vp, gp), (vm, gm) = p["plus"], p["minus"]
+    dv, dg = (vp - vm) / (2 * H), (gp - gm) / (2 * H)
     # the HSGP differs from the exact GP by its kernel error off the diagonal at G (first order:
     # dv, dg) and by its prior variance at G (vh - vs, gh - gs: computed exactly)
     assert abs(vh - ve) <= abs(vh - vs) + 2.0 * abs(dv) + 1e-12, (vh, vs, ve, dv)
