@@ -142,7 +142,8 @@ def project(X_new: np.ndarray, X_old: np.ndarray, c: Constraints) -> Projection:
         return Projection(X_old, "the optimizer proposed non-finite coordinates")
     fixed = _fixed(c, n)
     lo, hi = _bounds(P_old, c)
-    out = [i for i in fixed if np.any((P_old[i] < lo) | (P_old[i] > hi))]
+    tol = _tol(P_new, P_old)  # the same round-off allowance as verify's bounds check
+    out = [i for i in fixed if np.any((P_old[i] < lo - tol) | (P_old[i] > hi + tol))]
     if out:
         return Projection(X_old, f"fixed point {out[0]} at {_fmt(P_old[out[0]])} lies outside the bounds")
     why = _fixed_too_close(P_old, fixed, c.min_spacing, _tol(P_old))

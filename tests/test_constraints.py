@@ -229,3 +229,13 @@ def test_start_check_rejects_fixed_points_closer_than_min_spacing():
     check_design_in_bounds(np.array([0.0, 0.1, 0.6]), c)  # free points too close: the projection fixes them
     with pytest.raises(PlacementError, match="fixed points 0 and 2"):
         check_design_in_bounds(np.array([[0.0, 0.0], [1.0, 1.0], [0.3, 0.0]]), c)
+
+
+def test_a_fixed_point_outside_the_bounds_by_round_off_is_kept():
+    """Found by the property test above: a fixed point at -4e-258 with lower bound 0 was refused
+    by project while verify (the same round-off allowance) accepts it."""
+    X_old = np.array([0.0, -4.13151983e-258])
+    res = project(np.array([0.3, 0.0]), X_old, Constraints(0.0, 1.0, 0.0, [1]))
+    assert res.refused is None and res.X[1] == X_old[1]
+    far = project(np.array([0.3, 0.0]), np.array([0.0, -1e-6]), Constraints(0.0, 1.0, 0.0, [1]))
+    assert far.refused is not None and "fixed point 1" in far.refused
