@@ -50,7 +50,7 @@ def pair(chunked, whole, reps: int) -> dict:
             "chunked_all": ta, "whole_all": tb}
 
 
-def gradient_rows(ns, draws: int, reps: int) -> list[dict]:
+def gradient_rows(ns, draws: int | None, reps: int) -> list[dict]:
     from placement import estimator
     from placement.model import from_pymc
     from scale_problems import gp
@@ -58,15 +58,16 @@ def gradient_rows(ns, draws: int, reps: int) -> list[dict]:
     rows = []
     for n in ns:
         jm = from_pymc(gp(n=n, d=1), "integrated_variance")
-        rng = np.random.default_rng(0)
-        thetas = 0.3 * rng.normal(size=(draws, jm.ndim))
-        X, y = jm.X, jm.y
         chunked = estimator.shared_terms(jm)
         plan = chunked.plan
-        whole = estimator._chunked(estimator.make_terms(jm, plan.batch), draws)
+        N = draws or 8 * plan.chunk  # default: 8 calls of the planned chunk
+        rng = np.random.default_rng(0)
+        thetas = 0.3 * rng.normal(size=(N, jm.ndim))
+        X, y = jm.X, jm.y
+        whole = estimator._chunked(estimator.make_terms(jm, plan.batch), N)
         row = pair(lambda: chunked(thetas, X, y), lambda: whole(thetas, X, y), reps)
-        row.update(task="gradient terms", n=n, draws=draws, chunk=plan.chunk, batch=plan.batch,
-                   calls=-(-draws // plan.chunk))
+        row.update(task="gradient terms", n=n, draws=N, chunk=plan.chunk, batch=plan.batch,
+                   calls=-(-N // plan.chunk))
         print(json.dumps({k: v for k, v in row.items() if not k.endswith("_all")}), flush=True)
         rows.append(row)
     return rows
@@ -129,7 +130,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[60, 200])
     ap.add_argument("--search-n", type=int, nargs="+", default=[100, 200])
-    ap.add_argument("--draws", type=int, default=16384)
+    ap.add_argument("--draws", type=int, default=0, help="draws per estimate (0: 8 calls of the planned chunk)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "results" / "chunk_cost")
     a = ap.parse_args(argv)
