@@ -107,7 +107,7 @@ def auto_chunk(jm: JaxModel, nbytes: int | None = None) -> int:
     c = 1 << int(np.round(np.log2(c)))  # the nearest power of two: calls of 0.7-1.4 s
     if nbytes is not None:
         c = min(c, _power_of_two(max(1, nbytes // (4 * 8 * (jm.ndim + 2 + 2 * int(np.size(jm.X)))))))
-    return int(min(c, CHUNK))
+    return int(c)
 
 
 class Plan(NamedTuple):
@@ -188,13 +188,10 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
     change = ("Use fewer points or a smaller model, or raise max_memory (max_memory=... on the command line, "
               "max_memory= in placement.gradient / placement.relocate).")
     try:
-        batch = min(auto_batch(jm), per_device)
-        if _surely_fits(jm, batch, per_device, X, y, lim):  # small work: no compile just to read its size
-            out = Plan(int(batch), int(chunk), None, int(lim))
-            _PLANS[key] = (jm, out)
-            return out
-        batch, _, need = memory.fit_batch(lambda b: _compiled(jm, b, chunk, X, y), batch, lim, what, change,
-                                          resident=X.nbytes + y.nbytes, snap=_power_of_two)
+        batch, need = min(auto_batch(jm), per_device), None
+        if not _surely_fits(jm, batch, per_device, X, y, lim):  # small work: no compile just to read its size
+            batch, _, need = memory.fit_batch(lambda b: _compiled(jm, b, chunk, X, y), batch, lim, what, change,
+                                              resident=X.nbytes + y.nbytes, snap=_power_of_two)
     except PlacementError:
         raise
     except Exception as e:  # noqa: BLE001 - y of another shape (design modes) or no lowering: no plan
