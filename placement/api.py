@@ -147,9 +147,48 @@ def make_engine(problem: Problem, sampler_cfg: Any, gradient_check: str = "error
     return Engine(problem.jm, sampler_cfg, gradient_check=gradient_check)
 
 
+EXPORTS_KEPT = 8  # exported problems build_problem keeps per process (a sweep's jobs share them)
+_EXPORTS: dict = {}
+
+
+def _plain(v) -> bool:
+    """A value whose repr is the value: what an export's cache key may hold."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_plain(u) for u in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _plain(u) for k, u in v.items())
+    return False
+
+
+def _export_key(builder, args: dict, kernel, rest: tuple):
+    """The cache key of an export, or None when an argument is not a plain value (an array,
+    an object): the builder (the function object itself, so a reloaded module builds anew),
+    its arguments, the kernel (a class or a partial of one with plain arguments) and the rest
+    of the configuration."""
+    import functools
+
+    k = kernel
+    if isinstance(k, functools.partial):
+        if not (_plain(list(k.args)) and _plain(dict(k.keywords))):
+            return None
+        k = (k.func, k.args, tuple(sorted(k.keywords.items())))
+    elif kernel is not None and not isinstance(kernel, type):
+        return None
+    plain_args = {a: v for a, v in args.items() if a != "kernel"}
+    if not (_plain(plain_args) and _plain(rest)):
+        return None
+    return (builder, repr(sorted(plain_args.items())), k, repr(rest))
+
+
 def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = None,
                   objective_options: Any = None) -> Problem:
     """Call the configured builder and export its model to JAX (the command line's path).
+
+    The last EXPORTS_KEPT exports are kept by configuration, so a sweep run in one process
+    (Hydra's default launcher) exports each problem once; a builder must therefore be a
+    function of its arguments (seed any random data through them, as the built-in problems do).
 
     Args:
         problem_cfg: mapping with keys builder ("module:function"), args, data, observed
@@ -158,12 +197,24 @@ def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = 
         objective: name of the model quantity used as f (default: problem_cfg["objective"]).
         objective_options: the objective's config (conf/objective/eig.yaml: params, contrastive).
     """
+    from omegaconf import OmegaConf
+
     design_mode = design_mode_options(problem_cfg)  # checked before the builder runs
     builder = load_builder(problem_cfg["builder"])
-    args = dict(problem_cfg.get("args") or {})
+    args = problem_cfg.get("args") or {}
+    args = dict(OmegaConf.to_container(args, resolve=True) if OmegaConf.is_config(args) else args)
     params = inspect.signature(builder).parameters
     if kernel is not None and "kernel" in params and "kernel" not in args:
         args["kernel"] = kernel
+    objective = objective or problem_cfg.get("objective")
+    if OmegaConf.is_config(objective_options):
+        objective_options = OmegaConf.to_container(objective_options, resolve=True)
+    data, observed, name = problem_cfg.get("data", "X"), problem_cfg.get("observed", "y"), problem_cfg.get("name", "custom")
+    key = _export_key(builder, args, args.get("kernel"),
+                      (objective, objective_options, data, observed, sorted(design_mode.items())))
+    if key is not None and key in _EXPORTS:
+        _EXPORTS[key] = _EXPORTS.pop(key)  # most recently used last
+        return dataclasses.replace(_EXPORTS[key], name=name)
     try:
         model = builder(**args)
     except PlacementError:
@@ -176,17 +227,14 @@ def build_problem(problem_cfg: Any, kernel: Any = None, objective: str | None = 
         raise PlacementError(
             f"problem.builder {problem_cfg['builder']} returned {type(model).__name__}, not a pm.Model."
         )
-    objective = objective or problem_cfg.get("objective")
     if not objective:
         raise PlacementError("no objective named: set objective.name=... (the model's Deterministic to use as f).")
-    if objective_options is not None:
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(objective_options):
-            objective_options = OmegaConf.to_container(objective_options, resolve=True)
-    problem = problem_from_model(model, objective, problem_cfg.get("data", "X"), problem_cfg.get("observed", "y"),
-                                 objective_options=objective_options, **design_mode)
-    return dataclasses.replace(problem, name=problem_cfg.get("name", "custom"))
+    problem = problem_from_model(model, objective, data, observed, objective_options=objective_options, **design_mode)
+    if key is not None:
+        _EXPORTS[key] = problem
+        while len(_EXPORTS) > EXPORTS_KEPT:
+            _EXPORTS.pop(next(iter(_EXPORTS)))
+    return dataclasses.replace(problem, name=name)
 
 
 def design_mode_options(problem_cfg: Any) -> dict:

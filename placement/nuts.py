@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,12 +25,14 @@ from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_ave
 from blackjax.mcmc import nuts as bj_nuts
 from blackjax.mcmc.hmc import HMCState
 
+from placement import budget
 from placement.estimator import Sample
 from placement.samplers import Sampler, register
 
 Array = jax.Array
 
-CHUNK = 50  # transitions per compiled call
+CHUNK = 50  # most transitions per compiled call (the compiled scan's length)
+CALL_SECONDS = 1.0  # aim for one call: signals, the time budget and progress act between calls
 
 
 class SamplerState(NamedTuple):
@@ -170,54 +174,80 @@ def make_nuts(logdensity: Callable, config: NUTSConfig) -> Nuts:
         ld, g = value_and_grad(pos, X, y)
         return _strong(SamplerState(pos, ld, g, jnp.full((c,), 0.1), jnp.ones((p,))))
 
-    @jax.jit
-    def chunk(key, state, adapt, X, y, flags):
-        def body(carry, inp):
-            state, adapt = carry
-            key, f = inp
-            eps = jnp.where(f[ADAPT], jnp.exp(adapt.da.log_step_size), state.step_size)
-            new, info = vstep(jax.random.split(key, c), state.position, state.logdensity, state.grad, eps, state.inv_mass, X, y)
-            acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
-            da = jax.tree.map(lambda a, b: jnp.where(f[ADAPT], a, b), jax.vmap(da_update)(adapt.da, acc), adapt.da)
-            w = f[COLLECT].astype(jnp.float64)
-            count = adapt.count + w * c
-            total = adapt.total + w * new.position.sum(0)
-            total_sq = adapt.total_sq + w * jnp.square(new.position).sum(0)
-            # Window end: regularised pooled variance (Stan's shrinkage), restart dual averaging.
-            n = jnp.maximum(count, 1.0)
-            var = total_sq / n - jnp.square(total / n)
-            var = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
-            set_mass = f[END] & f[SET_MASS]
-            inv_mass = jnp.where(set_mass, var, state.inv_mass)
-            eps_avg = jnp.exp(da.log_step_size_avg)
-            step_size = jnp.where(f[END], eps_avg, state.step_size)
-            restarted = jax.vmap(da_init)(eps_avg)
-            da = jax.tree.map(lambda a, b: jnp.where(f[END], a, b), restarted, da)
-            zero = jnp.where(set_mass, 0.0, 1.0)
-            adapt = AdaptState(da, count * zero, total * zero, total_sq * zero)
-            state = SamplerState(new.position, new.logdensity, new.logdensity_grad, step_size, inv_mass)
-            return (state, adapt), (new.position, info.is_divergent, acc, info.num_integration_steps)
+    def transition(carry, key, f, X, y):
+        state, adapt = carry
+        eps = jnp.where(f[ADAPT], jnp.exp(adapt.da.log_step_size), state.step_size)
+        new, info = vstep(jax.random.split(key, c), state.position, state.logdensity, state.grad, eps, state.inv_mass, X, y)
+        acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
+        da = jax.tree.map(lambda a, b: jnp.where(f[ADAPT], a, b), jax.vmap(da_update)(adapt.da, acc), adapt.da)
+        w = f[COLLECT].astype(jnp.float64)
+        count = adapt.count + w * c
+        total = adapt.total + w * new.position.sum(0)
+        total_sq = adapt.total_sq + w * jnp.square(new.position).sum(0)
+        # Window end: regularised pooled variance (Stan's shrinkage), restart dual averaging.
+        n = jnp.maximum(count, 1.0)
+        var = total_sq / n - jnp.square(total / n)
+        var = (n / (n + 5.0)) * var + 1e-3 * (5.0 / (n + 5.0))
+        set_mass = f[END] & f[SET_MASS]
+        inv_mass = jnp.where(set_mass, var, state.inv_mass)
+        eps_avg = jnp.exp(da.log_step_size_avg)
+        step_size = jnp.where(f[END], eps_avg, state.step_size)
+        restarted = jax.vmap(da_init)(eps_avg)
+        da = jax.tree.map(lambda a, b: jnp.where(f[END], a, b), restarted, da)
+        zero = jnp.where(set_mass, 0.0, 1.0)
+        adapt = AdaptState(da, count * zero, total * zero, total_sq * zero)
+        state = SamplerState(new.position, new.logdensity, new.logdensity_grad, step_size, inv_mass)
+        return _strong((state, adapt)), (new.position, info.is_divergent, acc, info.num_integration_steps.astype(jnp.int32))
 
-        keys = jax.random.split(key, flags.shape[0])
-        (state, adapt), out = jax.lax.scan(body, (state, adapt), (keys, flags))
+    @jax.jit
+    def chunk(keys, state, adapt, X, y, flags, active):
+        """Up to CHUNK transitions in one call: row i runs with keys[i] and flags[i] where
+        active[i], and is skipped (state unchanged) where not, so one compiled program serves
+        every chunk length and a transition's result never depends on how calls were cut."""
+
+        def skip(carry, key, f, X, y):
+            p = carry[0].position
+            return carry, (jnp.zeros_like(p), jnp.zeros((c,), bool), jnp.zeros((c,)), jnp.zeros((c,), jnp.int32))
+
+        def body(carry, inp):
+            key, f, on = inp
+            return jax.lax.cond(on, transition, skip, carry, key, f, X, y)
+
+        (state, adapt), out = jax.lax.scan(body, _strong((state, adapt)), (keys, flags, active))
         return _strong((state, adapt, out))
 
-    def run(key, state, X, y, schedule):
-        """Run len(schedule) transitions in CHUNK-sized compiled calls; returns draws of all."""
+    pace = {"m": 4}  # transitions in the next call; learnt from timed calls, kept across runs
+
+    def run(key, state, X, y, schedule, note="NUTS transitions"):
+        """Run len(schedule) transitions in compiled calls of about CALL_SECONDS each (at most
+        CHUNK transitions); between calls ``budget.checkpoint`` reports progress and lets the
+        time budget and signals act. Transition i uses the i-th of len(schedule) keys split
+        from ``key``, so the draws do not depend on where calls were cut. Returns the final
+        state and the draws of all transitions."""
         schedule = np.asarray(schedule, dtype=bool)
         n = schedule.shape[0]
-        pad = (-n) % CHUNK
-        sched = np.concatenate([schedule, np.zeros((pad, 4), dtype=bool)])
+        p = state.position.shape[1]
+        if n == 0:
+            return state, Draws(np.zeros((c, 0, p)), np.zeros((c, 0), bool), np.zeros((c, 0)), np.zeros((c, 0), np.int32))
+        keys = np.asarray(jax.random.split(key, n))
         adapt = fresh_adapt(state)
-        outs = []
-        keys = jax.random.split(key, max(len(sched) // CHUNK, 1))
-        for i in range(len(sched) // CHUNK):
-            state, adapt, out = chunk(keys[i], state, adapt, X, y, jnp.asarray(sched[i * CHUNK : (i + 1) * CHUNK]))
-            outs.append(jax.device_get(out))
-        if not outs:
-            p = state.position.shape[1]
-            return state, Draws(np.zeros((c, 0, p)), np.zeros((c, 0), bool), np.zeros((c, 0)), np.zeros((c, 0), np.int64))
-        pos, div, acc, nst = (np.concatenate(x)[:n] for x in zip(*outs))
+        outs, i = [], 0
+        while i < n:
+            m = min(pace["m"], n - i)
+            flags = np.zeros((CHUNK, 4), dtype=bool)
+            flags[:m] = schedule[i : i + m]
+            ks = np.zeros((CHUNK,) + keys.shape[1:], keys.dtype)
+            ks[:m] = keys[i : i + m]
+            t0 = time.perf_counter()
+            state, adapt, out = chunk(jnp.asarray(ks), state, adapt, X, y, jnp.asarray(flags), jnp.asarray(np.arange(CHUNK) < m))
+            out = jax.device_get(out)
+            per = (time.perf_counter() - t0) / m  # an over-estimate on a call that compiled: the next call is short
+            pace["m"] = int(min(CHUNK, 2 * pace["m"], max(1.0, CALL_SECONDS / max(per, 1e-9))))
+            outs.append(tuple(o[:m] for o in out))
+            i += m
+            if i < n:
+                budget.checkpoint(i, n, note)
+        pos, div, acc, nst = (np.concatenate(x) for x in zip(*outs))
         return state, Draws(np.swapaxes(pos, 0, 1), div.T, acc.T, nst.T)
 
     @jax.jit
@@ -245,12 +275,12 @@ def run_chains(nuts: Nuts, theta0, key, state: NUTSState, X, y) -> tuple[NUTSSta
     st = state.chains
     if state.warm and cfg.warm_start:
         st = nuts.refresh(st, X, y)
-        st, _ = nuts.run(k1, st, X, y, warmup_schedule(cfg.rewarmup, adapt_mass=False))
+        st, _ = nuts.run(k1, st, X, y, warmup_schedule(cfg.rewarmup, adapt_mass=False), "NUTS re-warm-up")
     else:
         if state.warm:  # cold start requested: start over from dispersed points
             st = nuts.init(k3, theta0, X, y)
-        st, _ = nuts.run(k1, st, X, y, warmup_schedule(cfg.num_warmup))
-    st, draws = nuts.run(k2, st, X, y, sampling_schedule(cfg.num_draws))
+        st, _ = nuts.run(k1, st, X, y, warmup_schedule(cfg.num_warmup), "NUTS warm-up")
+    st, draws = nuts.run(k2, st, X, y, sampling_schedule(cfg.num_draws), "NUTS draws")
     return NUTSState(st, True), as_sample(draws, st)
 
 
@@ -268,7 +298,7 @@ def build(jm, cfg: NUTSConfig) -> Sampler:
 
     def extend(key, state, X, y):
         """Continue the chains from where they stopped (no adaptation) for num_draws more."""
-        st, draws = nuts.run(key, state.chains, X, y, sampling_schedule(cfg.num_draws))
+        st, draws = nuts.run(key, state.chains, X, y, sampling_schedule(cfg.num_draws), "NUTS draws")
         return NUTSState(st, True), as_sample(draws, st)
 
     return Sampler("nuts", init, draw, extend)

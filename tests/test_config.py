@@ -80,3 +80,36 @@ def test_importance_large_preset():
     assert isinstance(cfg, ISConfig)
     assert (cfg.pilot, cfg.num_samples, cfg.qmc_groups, cfg.rel_se) == ("laplace", 512, 32, 0.05)
     assert cfg.aim_samples + cfg.num_samples + cfg.adapt_samples <= 1280
+
+
+def test_build_problem_exports_a_configuration_once_and_rebuilds_on_any_change(monkeypatch):
+    """A sweep in one process (Hydra's default launcher) exports each problem once: the same
+    configuration gives the same exported model without calling the builder; a change of any
+    argument, the kernel, the objective or the design mode builds and exports anew."""
+    import placement.api as api
+    import placement.problems as problems
+
+    calls = []
+    real = problems.seed_gp
+
+    def counting(kernel, **kw):  # takes the kernel, as seed_gp does
+        calls.append(kw)
+        return real(kernel=kernel, **kw)
+
+    monkeypatch.setattr(problems, "seed_gp", counting)
+    monkeypatch.setattr(api, "_EXPORTS", {})
+
+    def build(*overrides):
+        cfg = _compose(["problem=seed_gp", *overrides])
+        return api.build_problem(cfg.problem, instantiate(cfg.kernel), cfg.objective.name)
+
+    a = build()
+    b = build()
+    assert b.jm is a.jm and len(calls) == 1
+    for change in (["problem.args.n=8"], ["kernel=matern32"], ["objective=posterior_mean"], ["problem.fantasies=4"],
+                   ["problem.y_mode=predictive", "problem.fantasies=2"]):
+        c = build(*change)
+        assert c.jm is not a.jm, change
+    assert len(calls) == 6
+    assert build("problem.args.n=8").jm.X.shape == (8,) and len(calls) == 6  # still kept
+    assert api._export_key(counting, {"X": __import__("numpy").zeros(3)}, None, ()) is None  # an array argument: never cached

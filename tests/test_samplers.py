@@ -116,3 +116,35 @@ def test_merge_keeps_each_chain_one_series():
     # randomised-QMC sets of independent draws: the groups add up (the SE comes from them)
     qa, qb = sa._replace(chains=None, groups=4), sb._replace(chains=None, groups=2)
     assert merge(qa, (a,), qb, (b,))[0].groups == 6
+
+
+def test_nuts_draws_do_not_depend_on_how_its_calls_are_cut(conj, monkeypatch):
+    """NUTS runs its transitions in compiled calls sized by timing (about CALL_SECONDS each,
+    so a signal or the time budget acts between them); transition i always uses key i, so
+    one transition per call and CHUNK per call give the same chains, bit for bit, and the
+    progress callback sees every call."""
+    import placement.nuts as nuts
+    from placement import budget
+
+    jm = conj[0].jm
+    cfg = NUTSConfig(num_chains=2, num_warmup=60, num_draws=30)
+    X, y = jnp.asarray(jm.X), jnp.asarray(jm.y)
+
+    def chains(call_seconds):
+        monkeypatch.setattr(nuts, "CALL_SECONDS", call_seconds)
+        sampler = nuts.make_nuts(jm.logdensity, cfg)
+        seen = []
+        with budget.scope(progress=lambda done, total, note: seen.append((done, total, note))):
+            st = sampler.init(jax.random.PRNGKey(1), jnp.asarray(jm.initial_point), X, y)
+            st, _ = sampler.run(jax.random.PRNGKey(2), st, X, y, nuts.warmup_schedule(cfg.num_warmup), "warm-up")
+            st, draws = sampler.run(jax.random.PRNGKey(3), st, X, y, nuts.sampling_schedule(cfg.num_draws), "draws")
+        return draws, seen
+
+    one, seen_one = chains(0.0)  # a first call of 4 transitions, then one per call
+    full, seen_full = chains(float("inf"))  # calls of 4, 8, 16, 32, then (pace kept) CHUNK
+    np.testing.assert_array_equal(one.position, full.position)
+    np.testing.assert_array_equal(one.accept, full.accept)
+    assert one.position.shape == (2, 30, jm.ndim)
+    assert len(seen_one) == (1 + 56 - 1) + (30 - 1)  # a checkpoint between every two calls
+    assert [s[0] for s in seen_full] == [4, 12, 28]  # the draws: one call of 30
+    assert all(total == {"warm-up": 60, "draws": 30}[note] for _, total, note in seen_one)

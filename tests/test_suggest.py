@@ -197,29 +197,8 @@ def test_rank_k_updates_match_a_full_refactorisation(kind):
         np.testing.assert_allclose(np.asarray(jax.grad(crit)(B)), np.asarray(jax.grad(ref)(B)), rtol=1e-6, atol=1e-10)
 
 
-def test_closed_form_hyperparameter_density_matches_the_pymc_model():
-    """hyper_logdensity (used for the mode, the Newton steps and the importance weights) is
-    the PyMC model's log density, Jacobians included; the closed-form gradient and the
-    observed information agree with autodiff."""
-    from placement.model import from_pymc
-    from placement.suggest.hyper import _hyper_score, hyper_logdensity, suggest_model
-
-    rng = np.random.default_rng(6)
-    X, y = rng.uniform(0, 1, (7, 2)), rng.normal(size=7)
-    jm = from_pymc(suggest_model(X, y, KERNELS["matern52"]), "eta_sq")
-    assert [p.split("_log__")[0] for p in jm.param_names] == ["ell", "ell", "eta", "sigma"]  # our layout
-    for _ in range(3):
-        ours = rng.normal(scale=0.5, size=4) + np.array([np.log(0.3), np.log(0.3), 0.0, np.log(0.3)])
-        theirs = ours
-        assert float(hyper_logdensity("matern52", jnp.asarray(ours), jnp.asarray(X), jnp.asarray(y))) == pytest.approx(
-            float(jm.logdensity(jnp.asarray(theirs), jnp.asarray(X), jnp.asarray(y))), rel=1e-8)  # PyMC: sqrt(r2 + 1e-12)
-        lp, g, H, _ = _hyper_score("matern52", jnp.asarray(ours), jnp.asarray(X), jnp.asarray(y))
-        args = ("matern52", jnp.asarray(ours), jnp.asarray(X), jnp.asarray(y))
-        assert float(lp) == pytest.approx(float(hyper_logdensity(*args)), rel=1e-10)
-        g_ad = jax.grad(hyper_logdensity, argnums=1)(*args)
-        np.testing.assert_allclose(np.asarray(g), np.asarray(g_ad), rtol=1e-7, atol=1e-9)
-        H_ad = -jax.hessian(hyper_logdensity, argnums=1)(*args)  # the observed information, exactly
-        np.testing.assert_allclose(np.asarray(H), np.asarray(H_ad), rtol=1e-7, atol=1e-9)
+# hyper_logdensity against the PyMC model, and its closed-form score against autodiff:
+# tests/test_suggest_prior.py::test_prior_density_matches_the_pymc_model (every prior).
 
 
 @pytest.mark.parametrize("subset", [None, 24])

@@ -40,31 +40,37 @@ def test_spacing_prior_takes_each_columns_smallest_gap_between_distinct_values()
         make_prior("wide", X)
 
 
-@pytest.mark.parametrize("kind,noise_sd", [("spacing", 0.5), ("spacing", 0.2), ("fixed", 0.1)])
+@pytest.mark.parametrize("kind,noise_sd", [("spacing", 0.5), ("spacing", 0.2), ("fixed", 0.1), ("default", None)])
 def test_prior_density_matches_the_pymc_model(kind, noise_sd):
-    """hyper_logdensity with a HyperPrior is the PyMC model's log density with the same
+    """hyper_logdensity (used for the mode, the Newton steps and the importance weights), with
+    a HyperPrior or the default one (None), is the PyMC model's log density with the same
     priors (Jacobians included); the closed-form gradient and observed information agree
     with autodiff of it."""
     from placement.model import from_pymc
 
     rng = np.random.default_rng(11)
     X, y = rng.uniform(0, 1, (7, 2)), rng.normal(size=7)
-    pr = make_prior(kind, X, noise_sd)
+    pr = None if kind == "default" else make_prior(kind, X, noise_sd)
     jm = from_pymc(suggest_model(X, y, KERNELS["matern52"], pr), "eta_sq")
-    jpr = type(pr)(*(jnp.asarray(v, dtype=jnp.float64) for v in pr))
+    assert [p.split("_log__")[0] for p in jm.param_names] == ["ell", "ell", "eta", "sigma"]  # our layout
+    jpr = None if pr is None else type(pr)(*(jnp.asarray(v, dtype=jnp.float64) for v in pr))
+    # jitted: eager calls would compile every operation of the closed form one by one
+    density = jax.jit(hyper_logdensity, static_argnums=0)
+    score = jax.jit(_hyper_score, static_argnums=0)
+    grad = jax.jit(jax.grad(hyper_logdensity, argnums=1), static_argnums=0)
+    hess = jax.jit(jax.hessian(hyper_logdensity, argnums=1), static_argnums=0)
+    pymc_density = jax.jit(jm.logdensity)
     for _ in range(3):
         th = rng.normal(scale=0.5, size=4) + np.array([np.log(0.1), np.log(0.3), 0.0, np.log(0.3)])
         args = ("matern52", jnp.asarray(th), jnp.asarray(X), jnp.asarray(y), jpr)
-        ours = float(hyper_logdensity(*args))
-        assert ours == pytest.approx(float(jm.logdensity(jnp.asarray(th), jnp.asarray(X), jnp.asarray(y))), rel=1e-8)
-        lp, g, H, _ = _hyper_score(*args)
+        ours = float(density(*args))
+        assert ours == pytest.approx(float(pymc_density(jnp.asarray(th), jnp.asarray(X), jnp.asarray(y))), rel=1e-8)
+        lp, g, H, _ = score(*args)
         assert float(lp) == pytest.approx(ours, rel=1e-10)
-        np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(hyper_logdensity, argnums=1)(*args)),
-                                   rtol=1e-7, atol=1e-9)
-        np.testing.assert_allclose(np.asarray(H), -np.asarray(jax.hessian(hyper_logdensity, argnums=1)(*args)),
-                                   rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(g), np.asarray(grad(*args)), rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(H), -np.asarray(hess(*args)), rtol=1e-7, atol=1e-9)
     if kind == "spacing":  # the prior is not the fixed one: the densities differ
-        fixed = float(hyper_logdensity("matern52", jnp.asarray(th), jnp.asarray(X), jnp.asarray(y)))
+        fixed = float(density("matern52", jnp.asarray(th), jnp.asarray(X), jnp.asarray(y)))
         assert abs(fixed - ours) > 1e-2
 
 
