@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from placement import budget
+
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 COMMANDS = {
     "gradient": "compute F and dF/dX with standard errors at one design",
@@ -26,6 +28,7 @@ class _Terminated(BaseException):
 
 
 def _on_sigterm(signum, frame):
+    budget.request_stop(_Terminated)  # raised again at the next checkpoint if this one is lost
     raise _Terminated()
 
 
@@ -127,6 +130,7 @@ def _gradient(cfg) -> None:
         "cut_short": d.get("cut_short"),  # "max_seconds": the time budget ended the extra draws
         "diagnostics": d,
     }
+    budget.raise_pending()  # a Ctrl-C or SIGTERM that Python dropped still stops the command here
     out = write_json(_run_dir() / "gradient.json", result)
     print(_table(Xused, est))
     print(f"y_mode={problem.y_mode}  sampler={d.get('sampler')}  draws={d.get('num_draws')}  relative SE={d.get('rel_se', float('nan')):.3g}  "
@@ -285,6 +289,7 @@ def _run(cfg) -> None:
             y_shown = engine.y_at(X_final) if problem.y_mode == "predictive" else jm.y_at(X_final)  # fantasy 0's
             plots.predictive(grid, pred[0], pred[1], X_final, y_shown, run_dir / "predictive.png", X0=np.asarray(X0))
     result["seconds"] = time.perf_counter() - t0
+    budget.raise_pending()
     out = write_json(run_dir / "result.json", result)
     print(f"{cfg.objective.name} ({cfg.objective.direction}, y_mode={problem.y_mode}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
           f"{state.step} steps ({state.stop_reason}); {result['seconds']:.1f} s -> {out}")
@@ -341,6 +346,7 @@ def _suggest(cfg) -> None:
     pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg, None if pending is None else str(pending), names)
     out = suggestions_frame(pts, names, info)
     run_dir = _run_dir()
+    budget.raise_pending()  # a Ctrl-C or SIGTERM that Python dropped still stops the command here
     write_atomic(run_dir / "suggestions.csv", out.to_csv(index=False))
     seconds = time.perf_counter() - t0
     write_json(run_dir / "suggest.json", {"suggestions": pts, "criterion": scfg.criterion, "before": info["before"],
@@ -428,13 +434,20 @@ def main(argv: list[str] | None = None) -> int:
             _fail(str(oom_error(e, f"placement {cmd}", "Set a smaller problem or batch, or raise max_memory.")),
                   run_dir, created)
 
+    budget.clear_stop()
+    sigint = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if sigint is signal.default_int_handler:  # Ctrl-C recorded too (budget._PENDING); not when ignored
+        signal.signal(signal.SIGINT, budget._on_sigint)
     sys.argv = [f"placement-{cmd}"] + rest
     try:
         hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
     except (KeyboardInterrupt, _Terminated) as e:  # before the task started: nothing was written
         print("interrupted before any work was done.", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPT
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+        budget.clear_stop()
     return 0
 
 

@@ -388,3 +388,39 @@ def test_criterion_data_factorised_in_chunks_equals_one_call(monkeypatch):
     assert seen == [(4, M), (8, M), (10, M)]
     for a, b in zip(whole, parts):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_stop_request_dropped_by_python_is_raised_at_the_next_checkpoint():
+    """A KeyboardInterrupt raised inside a garbage-collector callback (where JAX's
+    _xla_gc_callback runs) is printed and dropped by Python; the handler also records it, and
+    the next checkpoint raises it, so the work stops anyway. Outside a budget scope nothing is
+    recorded, and leaving the scope forgets a request that was acted on."""
+    import gc
+    import signal as sig
+
+    from placement import budget
+
+    def in_gc(phase, info):
+        if phase == "start":
+            os.kill(os.getpid(), sig.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside the callback
+
+    before = sig.signal(sig.SIGINT, sig.default_int_handler)  # as in a terminal or a notebook (an xdist worker may differ)
+    try:
+        _lost_interrupt_then_checkpoint(budget, in_gc, gc, sig)
+    finally:
+        sig.signal(sig.SIGINT, before)
+
+
+def _lost_interrupt_then_checkpoint(budget, in_gc, gc, sig):
+    with budget.scope():
+        assert sig.getsignal(sig.SIGINT) is budget._on_sigint
+        gc.callbacks.append(in_gc)
+        try:
+            gc.collect()  # the KeyboardInterrupt is raised in in_gc and dropped ("Exception ignored")
+        finally:
+            gc.callbacks.remove(in_gc)
+        with pytest.raises(KeyboardInterrupt):
+            budget.checkpoint(1, 2, "after the lost interrupt")
+    assert sig.getsignal(sig.SIGINT) is sig.default_int_handler
+    budget.checkpoint(1, 2, "a new scope-less call: nothing pending")
