@@ -399,21 +399,36 @@ def _hyper_tools(kernel, n: int, d: int, prior_key=None):
     return jm, jax.jit(jax.vmap(jm.constrain)), Engine(jm, NUTSConfig(num_chains=4, num_warmup=500, num_draws=500))
 
 
+NUTS_TRIES = 3
+NUTS_MIN_ESS = 100  # of 4 x 500 draws: below it a chain is taken to be stuck
+
+
 def _nuts_draws(Xn, yn, kernel, num, seed, prior=None):
     from placement.estimator import ess_bulk
 
     key_ = None if prior is None else (tuple(map(float, prior.a)), tuple(map(float, prior.b)), float(prior.eta_sd),
                                        float(prior.sigma_sd))
     jm, constrain, eng = _hyper_tools(kernel, Xn.shape[0], Xn.shape[1], key_)
-    key = jax.random.PRNGKey(seed)
-    st = eng.init(key, Xn, yn)
-    _, sample = eng.draw(jax.random.fold_in(key, 1), st, Xn, yn)
+    # A chain stuck in a corner of the posterior (seen in 1 of 64 seeds on 8 points: minimum bulk
+    # ESS 44 of 2000 draws, the predictive sd off by up to 100%) is drawn again from fresh
+    # dispersed starts, up to NUTS_TRIES times; the best try is kept and its ESS reported.
+    best = None
+    for t in range(NUTS_TRIES):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), t) if t else jax.random.PRNGKey(seed)
+        st = eng.init(key, Xn, yn)
+        _, sample = eng.draw(jax.random.fold_in(key, 1), st, Xn, yn)
+        c = sample.chains
+        ess = float(np.min(np.asarray(ess_bulk(sample.theta.reshape(c, -1, sample.theta.shape[1]), chain_axis=0,
+                                               sample_axis=1))))
+        if best is None or ess > best[1]:
+            best = (sample, ess)
+        if ess >= NUTS_MIN_ESS:
+            break
+    sample, ess = best
     W = eng.sample_weights(sample, Xn, yn)
     u = (np.arange(num) + np.random.default_rng(seed).uniform()) / num
     idx = np.minimum(np.searchsorted(np.cumsum(W), u), len(W) - 1)
     nat = constrain(jnp.asarray(sample.theta[idx]))
-    c = sample.chains
-    ess = float(np.min(np.asarray(ess_bulk(sample.theta.reshape(c, -1, sample.theta.shape[1]), chain_axis=0, sample_axis=1))))
     return (np.asarray(nat["ell"]).reshape(num, -1), np.asarray(nat["eta"]).reshape(num),
             np.asarray(nat["sigma"]).reshape(num), ess)
 
