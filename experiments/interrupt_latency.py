@@ -4,8 +4,8 @@ Python runs signal handlers only between compiled calls, so the latency of an in
 the compiled call in flight plus the interpreter's exit. This starts each command below in a
 fresh process (stderr a pipe, so progress comes as a line every few seconds), waits until
 its log shows the stage named (or, for a stage that prints nothing, from the start), sends
-SIGINT at a random moment of a window after that, and records the seconds from the signal to the exit, the exit code (130 expected) and
-whether an output folder was left.
+SIGINT at a random moment of a window after that, and records the seconds from the signal to
+the exit, the exit code (130 expected) and whether an output folder was left.
 
 Cases (the places where one compiled call grows with n):
 - ``nuts``: ``placement gradient sampler=nuts`` on the GP of experiments/scale_problems.py,
@@ -18,6 +18,7 @@ Cases (the places where one compiled call grows with n):
 
     python experiments/interrupt_latency.py                  # writes experiments/results/interrupt_latency.{json,md}
     python experiments/interrupt_latency.py --cases nuts --reps 2
+    python experiments/interrupt_latency.py --cases map1000 --reps 12 --window 6.5 8.5 --out /tmp/il
 """
 
 from __future__ import annotations
@@ -63,9 +64,8 @@ def commands(case: str, folder: Path) -> tuple[list[str], str | None, tuple]:
     raise SystemExit(f"unknown case {case!r}")
 
 
-def one(case: str, seed: int) -> dict:
+def one(case: str, seed: int, window_override: tuple | None = None) -> dict:
     rng = random.Random(seed)
-    window_override = os.environ.get("IL_WINDOW")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         args, stage, window = commands(case, folder)
@@ -84,8 +84,7 @@ def one(case: str, seed: int) -> dict:
             else:
                 p.wait()
                 return {"case": case, "seed": seed, "error": "no progress line", "log": "".join(seen)[-2000:]}
-        window = tuple(map(float, window_override.split(","))) if window_override else window
-        time.sleep(rng.uniform(*window))  # a random moment of the stage, not its first call
+        time.sleep(rng.uniform(*(window_override or window)))  # a random moment of the stage, not its first call
         if p.poll() is not None:
             return {"case": case, "seed": seed, "error": f"finished (exit {p.returncode}) before the signal"}
         t = time.perf_counter()
@@ -103,17 +102,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", nargs="+", default=["nuts", "map1000", "bayes1000"])
     ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--window", type=float, nargs=2, metavar=("FROM", "TO"),
+                    help="seconds after the stage's mark in which to signal (default: each case's own)")
     ap.add_argument("--out", default=str(RESULTS / "interrupt_latency"))
     a = ap.parse_args()
     rows = []
     for case in a.cases:
         for r in range(a.reps):
-            row = one(case, r)
+            row = one(case, r, tuple(a.window) if a.window else None)
             print(json.dumps(row), flush=True)
             rows.append(row)
     Path(a.out + ".json").write_text(json.dumps(rows, indent=1))
     lines = ["# Interrupt latency at large n", "", "Seconds from SIGINT to the exit of a fresh `placement` process, "
-             "the signal sent at a random moment (0-5 s) after the stage's first progress line. "
+             "the signal sent at a random moment of each case's window (after the stage's first progress "
+             "line, or after the start for a stage without one). "
              "See the docstring of experiments/interrupt_latency.py.", "",
              "| case | signal at s | latency s | exit code | folder left | traceback | last progress line |",
              "|---|---|---|---|---|---|---|"]

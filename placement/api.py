@@ -16,6 +16,7 @@ before anything is compiled; a bad one raises one ``PlacementError`` saying what
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -167,8 +168,6 @@ def _export_key(builder, args: dict, kernel, rest: tuple):
     an object): the builder (the function object itself, so a reloaded module builds anew),
     its arguments, the kernel (a class or a partial of one with plain arguments) and the rest
     of the configuration."""
-    import functools
-
     k = kernel
     if isinstance(k, functools.partial):
         if not (_plain(list(k.args)) and _plain(dict(k.keywords))):

@@ -93,9 +93,18 @@ def raise_pending() -> None:
         raise _PENDING[0]()
 
 
-def _on_sigint(signum, frame):
-    request_stop(KeyboardInterrupt)
-    raise KeyboardInterrupt()
+def stop_handler(exc_type):
+    """A signal handler that records the stop request and raises it (exc_type: KeyboardInterrupt
+    for SIGINT, the CLI's SIGTERM exception type)."""
+
+    def handler(signum, frame):
+        request_stop(exc_type)
+        raise exc_type()
+
+    return handler
+
+
+_on_sigint = stop_handler(KeyboardInterrupt)
 
 
 @contextlib.contextmanager

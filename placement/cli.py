@@ -27,9 +27,7 @@ class _Terminated(BaseException):
     written atomically, so whatever was last written is whole)."""
 
 
-def _on_sigterm(signum, frame):
-    budget.request_stop(_Terminated)  # raised again at the next checkpoint if this one is lost
-    raise _Terminated()
+_on_sigterm = budget.stop_handler(_Terminated)  # recorded too: raised again at the next checkpoint if lost
 
 
 EXIT_INTERRUPT = 130  # SIGINT / Ctrl-C (128 + 2, as shells report it)

@@ -13,10 +13,9 @@ Sign convention: blackjax wants +log density; the model's ``logdensity`` is +log
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
-
-import time
 
 import jax
 import jax.numpy as jnp

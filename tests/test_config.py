@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -112,4 +113,4 @@ def test_build_problem_exports_a_configuration_once_and_rebuilds_on_any_change(m
         assert c.jm is not a.jm, change
     assert len(calls) == 6
     assert build("problem.args.n=8").jm.X.shape == (8,) and len(calls) == 6  # still kept
-    assert api._export_key(counting, {"X": __import__("numpy").zeros(3)}, None, ()) is None  # an array argument: never cached
+    assert api._export_key(counting, {"X": np.zeros(3)}, None, ()) is None  # an array argument: never cached

@@ -407,20 +407,16 @@ def test_a_stop_request_dropped_by_python_is_raised_at_the_next_checkpoint():
 
     before = sig.signal(sig.SIGINT, sig.default_int_handler)  # as in a terminal or a notebook (an xdist worker may differ)
     try:
-        _lost_interrupt_then_checkpoint(budget, in_gc, gc, sig)
+        with budget.scope():
+            assert sig.getsignal(sig.SIGINT) is budget._on_sigint
+            gc.callbacks.append(in_gc)
+            try:
+                gc.collect()  # the KeyboardInterrupt is raised in in_gc and dropped ("Exception ignored")
+            finally:
+                gc.callbacks.remove(in_gc)
+            with pytest.raises(KeyboardInterrupt):
+                budget.checkpoint(1, 2, "after the lost interrupt")
+        assert sig.getsignal(sig.SIGINT) is sig.default_int_handler
+        budget.checkpoint(1, 2, "a new scope-less call: nothing pending")
     finally:
         sig.signal(sig.SIGINT, before)
-
-
-def _lost_interrupt_then_checkpoint(budget, in_gc, gc, sig):
-    with budget.scope():
-        assert sig.getsignal(sig.SIGINT) is budget._on_sigint
-        gc.callbacks.append(in_gc)
-        try:
-            gc.collect()  # the KeyboardInterrupt is raised in in_gc and dropped ("Exception ignored")
-        finally:
-            gc.callbacks.remove(in_gc)
-        with pytest.raises(KeyboardInterrupt):
-            budget.checkpoint(1, 2, "after the lost interrupt")
-    assert sig.getsignal(sig.SIGINT) is sig.default_int_handler
-    budget.checkpoint(1, 2, "a new scope-less call: nothing pending")
