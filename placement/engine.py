@@ -5,7 +5,7 @@ identity's jitted terms;
 ``init(key, X, y)`` returns a sampler state and ``gradient(key, state, X, y)`` returns
 ``(new_state, GradientEstimate)``. Passing the returned state to the next call at a new
 X is the warm start (NUTS positions, step sizes and mass matrix; the importance
-proposal; the Laplace mode).
+sampler's posterior fit; the Laplace mode).
 """
 
 from __future__ import annotations
