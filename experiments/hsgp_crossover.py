@@ -24,6 +24,7 @@ that part and sampler. Run on one XLA thread, under the shared CPU lock:
 
     flock /tmp/cpu.lock env XLA_FLAGS=--xla_cpu_multi_thread_eigen=false OMP_NUM_THREADS=1 \\
         python experiments/hsgp_crossover.py --budget 540          # repeat until it reports "done"
+        python experiments/hsgp_crossover.py --parts gradient      # one part only
     python experiments/hsgp_crossover.py --report                  # md + png from the jsonl only
 
 Writes experiments/results/hsgp_crossover.{jsonl,md,png}.
@@ -163,14 +164,15 @@ def load(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def measure(path: Path, budget: float, timeout: float) -> bool:
-    """Run the points not yet in path until budget seconds have passed; True when all are done."""
+def measure(path: Path, budget: float, timeout: float, parts=("suggest", "gradient")) -> bool:
+    """Run the points of ``parts`` not yet in path until budget seconds have passed; True when
+    all are done."""
     rows = load(path)
     done = {ident(r) for r in rows}
     failed = {(r["part"], r["approx"], r["sampler"]): r["n"] for r in rows if "error" in r and r["approx"] == "exact"}
     t0 = time.perf_counter()
     for key, args in plan():
-        if ident(key) in done:
+        if ident(key) in done or key["part"] not in parts:
             continue
         stop = failed.get((key["part"], key["approx"], key["sampler"]))
         if stop is not None and key["n"] > stop:
@@ -347,6 +349,8 @@ def main(argv=None) -> None:
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per point")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report", action="store_true", help="only write the md and png from the jsonl")
+    ap.add_argument("--parts", nargs="+", choices=("suggest", "gradient"), default=("suggest", "gradient"),
+                    help="which parts to run in this piece (default both)")
     ap.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     import placement  # noqa: F401  (float64)
@@ -359,7 +363,7 @@ def main(argv=None) -> None:
     path = a.out.with_suffix(".jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not a.report:
-        complete = measure(path, a.budget, a.timeout)
+        complete = measure(path, a.budget, a.timeout, tuple(a.parts))
         add_choice_cost(path)
         print("done" if complete else "not done: run again to go on", flush=True)
     report(path)

@@ -30,7 +30,7 @@ Measured (experiments/seed_gradient.py): docs/benchmarks.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -164,6 +164,7 @@ def make_adapt(logp: Callable, cfg: ISConfig):
 class ISState(NamedTuple):
     prop: Proposal  # the posterior fit, carried to the next design
     mix: Mixture  # the final proposal at the last design
+    at: Any = None  # the design prop was fitted at (None: unknown, re-centre at the next draw)
 
 
 class ISInfo(NamedTuple):
@@ -196,6 +197,10 @@ def make_aim(cfg: ISConfig):
         return mixtures.combine(d, 1.0 - cfg.aim_share, g)
 
     return fit
+
+
+def _same(at, X) -> bool:
+    return at is not None and np.shape(at) == np.shape(X) and bool(np.array_equal(at, np.asarray(X)))
 
 
 @register(ISConfig)
@@ -235,7 +240,7 @@ def build(jm, cfg: ISConfig) -> Sampler:
         else:  # a wide proposal around the initial point, adapted from its own draws
             prop = proposal_from_moments(theta0, cfg.pilot_scale**2 * jnp.eye(p))
             prop = adapt(key, prop, X, y, iters=cfg.pilot_iters)
-        return ISState(prop, defensive(prop))
+        return ISState(prop, defensive(prop), np.asarray(X))
 
     def final_batch(key, mix):
         if cfg.qmc:
@@ -263,7 +268,7 @@ def build(jm, cfg: ISConfig) -> Sampler:
     def draw(key, state, X, y):
         k1, k2, k3 = jax.random.split(key, 3)
         prop = state.prop
-        if laplace is not None:  # re-centred on this design's mode, from the last one (see build)
+        if laplace is not None and not _same(state.at, X):  # re-centred on this design's mode (see build)
             lap = laplace(jax.random.fold_in(k1, 1), prop.mean, X, y)
             prop = proposal_from_moments(lap.mode, lap.cov)
         prop = adapt(k1, prop, X, y) if cfg.adapt_iters > 0 else prop
@@ -272,7 +277,7 @@ def build(jm, cfg: ISConfig) -> Sampler:
         mix = aim(k2, prop, defensive(prop), X, y) if cfg.aim else defensive(prop)
         sample = final_batch(k3, mix)
         info = ISInfo(cfg.aim_samples if cfg.aim else 0, cfg.adapt_iters * cfg.adapt_samples, cfg.qmc_groups if cfg.qmc else 0)
-        return ISState(prop, mix), sample._replace(info=info)
+        return ISState(prop, mix, np.asarray(X)), sample._replace(info=info)
 
     def extend(key, state, X, y):
         return state, final_batch(key, state.mix)
