@@ -76,6 +76,7 @@ _ACTIVE: contextvars.ContextVar[Budget] = contextvars.ContextVar("placement_budg
 # raising it, and every checkpoint (and the CLI before it writes anything) raises it again
 # until the command has acted on it.
 _PENDING: list = []
+_RERAISED: list = []  # non-empty once a checkpoint has raised the recorded request again
 
 
 def request_stop(exc_type) -> None:
@@ -85,11 +86,13 @@ def request_stop(exc_type) -> None:
 
 def clear_stop() -> None:
     _PENDING.clear()
+    _RERAISED.clear()
 
 
 def raise_pending() -> None:
     """Raise a recorded stop request (once per call; it stays recorded until cleared)."""
     if _PENDING:
+        _RERAISED.append(True)
         raise _PENDING[0]()
 
 
@@ -110,17 +113,23 @@ _on_sigint = stop_handler(KeyboardInterrupt)
 @contextlib.contextmanager
 def _kept_sigint() -> Iterator[None]:
     """While the work runs (API calls, in the main thread, under Python's own SIGINT handler):
-    Ctrl-C or a notebook's interrupt raises KeyboardInterrupt as usual and is also recorded."""
+    Ctrl-C or a notebook's interrupt raises KeyboardInterrupt as usual and is also recorded.
+    Work that ends normally with a request that was dropped and never raised again (no
+    checkpoint came after it) raises it on leaving, instead of returning as if not asked."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
     signal.signal(signal.SIGINT, _on_sigint)
+    lost = None
     try:
         yield
+        lost = _PENDING[0] if _PENDING and not _RERAISED else None
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         clear_stop()
+    if lost is not None:
+        raise lost()
 
 
 def current() -> Budget:

@@ -394,7 +394,8 @@ def test_a_stop_request_dropped_by_python_is_raised_at_the_next_checkpoint():
     """A KeyboardInterrupt raised inside a garbage-collector callback (where JAX's
     _xla_gc_callback runs) is printed and dropped by Python; the handler also records it, and
     the next checkpoint raises it, so the work stops anyway. Outside a budget scope nothing is
-    recorded, and leaving the scope forgets a request that was acted on."""
+    recorded, and leaving the scope forgets a request that was acted on; one dropped after the
+    last checkpoint is raised on leaving the scope."""
     import gc
     import signal as sig
 
@@ -418,5 +419,14 @@ def test_a_stop_request_dropped_by_python_is_raised_at_the_next_checkpoint():
                 budget.checkpoint(1, 2, "after the lost interrupt")
         assert sig.getsignal(sig.SIGINT) is sig.default_int_handler
         budget.checkpoint(1, 2, "a new scope-less call: nothing pending")
+        # dropped after the last checkpoint: the scope raises it on leaving
+        with pytest.raises(KeyboardInterrupt):
+            with budget.scope():
+                gc.callbacks.append(in_gc)
+                try:
+                    gc.collect()
+                finally:
+                    gc.callbacks.remove(in_gc)
+        assert sig.getsignal(sig.SIGINT) is sig.default_int_handler and not budget._PENDING
     finally:
         sig.signal(sig.SIGINT, before)
