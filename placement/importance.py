@@ -199,10 +199,6 @@ def make_aim(cfg: ISConfig):
     return fit
 
 
-def _same(at, X) -> bool:
-    return at is not None and np.shape(at) == np.shape(X) and bool(np.array_equal(at, np.asarray(X)))
-
-
 @register(ISConfig)
 def build(jm, cfg: ISConfig) -> Sampler:
     """``sampler=importance``: posterior fit, aim, final (RQMC) batch at each design;
@@ -253,8 +249,8 @@ def build(jm, cfg: ISConfig) -> Sampler:
         return Sample(np.asarray(theta), np.asarray(log_q_of(mix, theta, df=cfg.df)), None, None, info,
                       groups=cfg.qmc_groups if cfg.qmc else None)
 
-    def aim(key, prop, start, X, y):
-        mixes, thetas, evs = [start], [], []
+    def aim(key, prop, X, y):
+        mixes, thetas, evs = [defensive(prop)], [], []  # stage 0 draws from this design's posterior fit
         nb = cfg.aim_samples // cfg.aim_stages
         for j in range(cfg.aim_stages):  # stage j draws from the latest fit; each fit pools all stages
             theta = np.asarray(to_theta(mixes[-1], mc(jax.random.fold_in(key, j), n=nb, p=p), df=cfg.df))
@@ -268,13 +264,14 @@ def build(jm, cfg: ISConfig) -> Sampler:
     def draw(key, state, X, y):
         k1, k2, k3 = jax.random.split(key, 3)
         prop = state.prop
-        if laplace is not None and not _same(state.at, X):  # re-centred on this design's mode (see build)
+        moved = state.at is None or not np.array_equal(state.at, X)
+        if laplace is not None and moved:  # re-centred on this design's mode (see build)
             lap = laplace(jax.random.fold_in(k1, 1), prop.mean, X, y)
             prop = proposal_from_moments(lap.mode, lap.cov)
         prop = adapt(k1, prop, X, y) if cfg.adapt_iters > 0 else prop
         # the aim starts from this design's posterior fit, not from the last design's aimed
         # proposal: those narrow components missed the moved posterior (see build)
-        mix = aim(k2, prop, defensive(prop), X, y) if cfg.aim else defensive(prop)
+        mix = aim(k2, prop, X, y) if cfg.aim else defensive(prop)
         sample = final_batch(k3, mix)
         info = ISInfo(cfg.aim_samples if cfg.aim else 0, cfg.adapt_iters * cfg.adapt_samples, cfg.qmc_groups if cfg.qmc else 0)
         return ISState(prop, mix, np.asarray(X)), sample._replace(info=info)
