@@ -40,7 +40,9 @@ def linear_gaussian(n: int = 4, prior_sd: float = 1.0, noise: float = 0.3, a=LIN
     posterior mean is Var(q | y, X) = a^T S(X) a; ``q_sq`` = q^2, whose expected posterior mean
     is the prior's E[q^2] at every design; ``q_times_mean`` = q E[q | y, X], whose posterior
     mean E[q | y, X]^2 depends on y and has expectation s^2 |a|^2 - a^T S(X) a
-    (``linear_expected_sq_mean``); ``q`` = a . beta."""
+    (``linear_expected_sq_mean``); ``sq_mean`` = E[q | y, X]^2 itself, a function of (y, X) alone,
+    so its gradient in predictive mode is all pathwise (df/dX + df/dy dy/dX, no score term) and
+    has the same expectation; ``q`` = a . beta."""
     X0 = np.linspace(-0.6, 0.6, n) if x0 is None else np.asarray(x0, dtype=np.float64)
     a = np.asarray(a, dtype=np.float64)
     with pm.Model() as model:
@@ -59,6 +61,7 @@ def linear_gaussian(n: int = 4, prior_sd: float = 1.0, noise: float = 0.3, a=LIN
         pm.Deterministic("post_var", pt.square(q - pt.dot(a, mean)))
         pm.Deterministic("q_sq", pt.square(q))
         pm.Deterministic("q_times_mean", q * pt.dot(a, mean))
+        pm.Deterministic("sq_mean", pt.square(pt.dot(a, mean)))
     return model
 
 
