@@ -169,6 +169,34 @@ def checkpoint(done: float = 0, total: float = 0, note: str = "") -> None:
         raise OutOfTime(f"the time budget of {b.max_seconds:g} s ran out")
 
 
+def chunk_indices(N: int, size: int) -> Iterator[tuple]:
+    """(indices, real) for chunks of ``size`` covering 0 .. N-1 in order; the last chunk padded
+    to ``size`` by repeating its own first index (one compiled shape for every chunk; callers
+    drop the padded rows, ``real`` of them are real)."""
+    import numpy as np
+
+    for i in range(0, N, size):
+        idx = np.arange(i, min(i + size, N))
+        real = idx.size
+        yield (np.concatenate([idx, np.full(size - real, i)]) if real < size else idx), real
+
+
+def over_chunks(call: Callable, N: int, size: int, note: str) -> tuple:
+    """``call(indices)`` -> a tuple of arrays with ``size`` rows, on every chunk of
+    ``chunk_indices(N, size)``, with a ``checkpoint`` after each; the results' real rows
+    concatenated (NumPy results stay on the host, JAX arrays on their device)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    parts, done = [], 0
+    for idx, real in chunk_indices(N, size):
+        parts.append(tuple(o[:real] for o in call(idx)))
+        done += real
+        checkpoint(done, N, note)
+    cat = np.concatenate if isinstance(parts[0][0], np.ndarray) else jnp.concatenate
+    return tuple(cat([p[k] for p in parts]) for k in range(len(parts[0])))
+
+
 def status(note: str) -> None:
     """Set the standing note of the active progress report (e.g. the precision reached so
     far), shown beside the per-chunk progress until replaced."""

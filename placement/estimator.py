@@ -258,18 +258,8 @@ def _chunked(fn: Callable, chunk: int = CHUNK) -> Callable:
     def call(thetas, X, y):
         thetas = np.asarray(thetas)
         N = thetas.shape[0]
-        size = pad_size(N, chunk)
-        parts = []
-        for i in range(0, N, size):
-            t = thetas[i : i + size]
-            n = t.shape[0]
-            if n < size:
-                t = np.concatenate([t, np.broadcast_to(t[:1], (size - n, t.shape[1]))])
-            out = jax.device_get(fn(t, X, y))
-            parts.append(tuple(o[:n] for o in out))
-            # between chunks: progress, the time budget (OutOfTime), and Ctrl-C / SIGTERM
-            budget.checkpoint(i + n, N, "draws")
-        return tuple(np.concatenate([p[j] for p in parts]) for j in range(len(parts[0])))
+        # between chunks: progress, the time budget (OutOfTime), and Ctrl-C / SIGTERM
+        return budget.over_chunks(lambda idx: jax.device_get(fn(thetas[idx], X, y)), N, pad_size(N, chunk), "draws")
 
     return call
 

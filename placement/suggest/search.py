@@ -180,10 +180,7 @@ before the request made its data), for the search to use.
 
 def _padded(B, g: int):
     """B (m, k, d) in groups of g starts, the last padded by repeating its first start."""
-    m = B.shape[0]
-    groups = -(-m // g)
-    idx = np.concatenate([np.arange(m), np.full(groups * g - m, (groups - 1) * g)]).astype(int)
-    return [B[idx[i * g:(i + 1) * g]] for i in range(groups)]
+    return [B[idx] for idx, _ in budget.chunk_indices(B.shape[0], g)]
 
 
 def _advance(call, B, st, data, steps: int, pace: _Pace, tick):
