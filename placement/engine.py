@@ -118,7 +118,7 @@ class Engine:
         try:
             while not precision.reached(est, target) and n + batch <= target.max_draws and not out_of_time():
                 want = min(precision.draws_needed(est, n, target), target.max_draws)
-                budget.checkpoint(n, want, f"relative SE {precision.rel_se(est):.3g} (target {target.rel_se:g})")
+                budget.checkpoint(n, want, precision.describe(est, target))
                 while n < want and n + batch <= target.max_draws and not out_of_time():
                     i += 1
                     state, new = self.sampler.extend(jax.random.fold_in(key, 5000 + i), state, X, y)
@@ -126,7 +126,7 @@ class Engine:
                     sample, evaluated = merge(sample, evaluated, new, self.terms(jnp.asarray(new.theta), X, y))
                     n = sample.theta.shape[0]
                 est = estimate(self.terms, sample, X, y, evaluated=evaluated)
-                budget.status(f"relative SE {precision.rel_se(est):.3g} from {n} draws (target {target.rel_se:g})")
+                budget.status(f"{precision.describe(est, target)} from {n} draws")
         except budget.OutOfTime:  # the batch in flight is dropped; the draws merged so far stand
             est, cut = estimate(self.terms, sample, X, y, evaluated=evaluated), True
         if cut or budget.current().passed():

@@ -74,6 +74,9 @@ class ISConfig:
     abs_se: float = 0.0  # absolute target on |grad_se| (0 = off)
     max_draws: int = 1 << 20  # budget for the target
     max_seconds: float = 0.0  # time budget for the target (0 = none)
+    # draw more batches (like the targets above) until the weight ESS is at least this (0 = off):
+    # a few more draws from the same proposal instead of a retry that adapts a new one
+    ess_floor: float = 0.0
 
     def __post_init__(self):
         if self.qmc:

@@ -18,28 +18,38 @@ from placement.estimator import GradientEstimate
 @dataclass(frozen=True)
 class Target:
     """rel_se: wanted |grad_se| / |grad| (0 = none); abs_se: wanted |grad_se| (0 = none);
-    max_draws: stop adding draws beyond this many; max_seconds: or after this long (0 = no limit)."""
+    max_draws: stop adding draws beyond this many; max_seconds: or after this long (0 = no limit);
+    ess_floor: wanted importance-weight ESS, for weighted draws (0 = none)."""
 
     rel_se: float = 0.0
     abs_se: float = 0.0
     max_draws: int = 1 << 20
     max_seconds: float = 0.0
+    ess_floor: float = 0.0
 
     def __post_init__(self):
-        if self.rel_se < 0 or self.abs_se < 0 or self.max_seconds < 0:
-            raise PlacementError("sampler.rel_se, sampler.abs_se and sampler.max_seconds must be >= 0.")
+        if self.rel_se < 0 or self.abs_se < 0 or self.max_seconds < 0 or self.ess_floor < 0:
+            raise PlacementError("sampler.rel_se, sampler.abs_se, sampler.max_seconds and sampler.ess_floor must be >= 0.")
         if self.max_draws < 1:
             raise PlacementError("sampler.max_draws must be at least 1.")
 
     @property
     def active(self) -> bool:
-        return self.rel_se > 0 or self.abs_se > 0
+        return self.rel_se > 0 or self.abs_se > 0 or self.ess_floor > 0
 
 
 def target_of(cfg) -> Target:
-    """The precision target in a sampler config (fields rel_se, abs_se, max_draws, max_seconds)."""
+    """The precision target in a sampler config (fields rel_se, abs_se, max_draws, max_seconds,
+    ess_floor)."""
     return Target(float(getattr(cfg, "rel_se", 0.0)), float(getattr(cfg, "abs_se", 0.0)),
-                  int(getattr(cfg, "max_draws", 1 << 20)), float(getattr(cfg, "max_seconds", 0.0)))
+                  int(getattr(cfg, "max_draws", 1 << 20)), float(getattr(cfg, "max_seconds", 0.0)),
+                  float(getattr(cfg, "ess_floor", 0.0)))
+
+
+def _ess(est: GradientEstimate) -> float | None:
+    """The importance weights' ESS, or None for unweighted draws."""
+    v = est.diagnostics.get("ess_weights")
+    return None if v is None else float(v)
 
 
 def rel_se(est: GradientEstimate) -> float:
@@ -49,6 +59,14 @@ def rel_se(est: GradientEstimate) -> float:
     return se / g if g > 0 and np.isfinite(g) and np.isfinite(se) else float("inf")
 
 
+def describe(est: GradientEstimate, target: Target) -> str:
+    """Progress text: the relative SE (and the weight ESS under an ESS floor) against the target."""
+    out = f"relative SE {rel_se(est):.3g}" + (f" (target {target.rel_se:g})" if target.rel_se > 0 else "")
+    if target.ess_floor > 0 and _ess(est) is not None:
+        out += f", weight ESS {_ess(est):.0f} (floor {target.ess_floor:g})"
+    return out
+
+
 def reached(est: GradientEstimate, target: Target) -> bool:
     se = float(np.linalg.norm(est.grad_se))
     ok = np.isfinite(se)
@@ -56,6 +74,8 @@ def reached(est: GradientEstimate, target: Target) -> bool:
         ok = ok and rel_se(est) <= target.rel_se
     if target.abs_se > 0:
         ok = ok and se <= target.abs_se
+    if target.ess_floor > 0 and _ess(est) is not None:
+        ok = ok and _ess(est) >= target.ess_floor
     return bool(ok)
 
 
@@ -66,6 +86,8 @@ def draws_needed(est: GradientEstimate, n: int, target: Target) -> int:
         ratios.append(rel_se(est) / target.rel_se)
     if target.abs_se > 0:
         ratios.append(float(np.linalg.norm(est.grad_se)) / target.abs_se)
+    if target.ess_floor > 0 and _ess(est) is not None:  # the ESS grows like N: as an SE ratio, its square root
+        ratios.append(float(np.sqrt(target.ess_floor / max(_ess(est), 1e-300))))
     r = max(ratios) if ratios else 1.0
     if not np.isfinite(r):
         return 2 * n
@@ -82,5 +104,6 @@ def record(est: GradientEstimate, target: Target, draws: int, seconds: float) ->
         d["target_met"] = reached(est, target)
         if not d["target_met"]:
             limit = d.get("target_stop", "max_draws")
-            d["target_note"] = (f"precision target missed: relative SE {d['rel_se']:.3g} after {draws} draws "
+            ess = f", weight ESS {_ess(est):.0f} (floor {target.ess_floor:g})" if target.ess_floor > 0 and _ess(est) else ""
+            d["target_note"] = (f"precision target missed: relative SE {d['rel_se']:.3g}{ess} after {draws} draws "
                                 f"({seconds:.1f} s), stopped by sampler.{limit}; raise it or relax sampler.rel_se.")

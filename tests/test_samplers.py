@@ -176,3 +176,18 @@ def test_importance_warm_step_follows_a_posterior_that_moved_beyond_its_width():
     assert abs(warm.F - cold.F) < 4 * np.hypot(warm.F_se, cold.F_se), (warm.F, cold.F, warm.F_se, cold.F_se)
     gap = np.linalg.norm(np.asarray(warm.grad) - np.asarray(cold.grad))
     assert gap < 4 * np.linalg.norm(np.hypot(warm.grad_se, cold.grad_se)), gap
+
+
+def test_importance_ess_floor_draws_more_batches_until_the_weight_ess_is_reached(conj):
+    """sampler.ess_floor: with small batches (weight ESS about 60) and a floor of 150, the sampler
+    extends from the same proposal until the weight ESS is at least 150, and the estimate agrees
+    with the closed form; without the floor it stops at one batch."""
+    problem, F, g = conj
+    opts = dict(sampler="importance", num_samples=32, qmc_groups=8, aim_samples=256, rel_se=0.0, seed=3)
+    one = gradient(problem, **opts)
+    n0 = one.diagnostics["num_draws"]
+    assert one.diagnostics["ess_weights"] < 100, one.diagnostics
+    est = gradient(problem, ess_floor=150, **opts)
+    assert est.diagnostics["ess_weights"] >= 150 and est.diagnostics["num_draws"] > n0, est.diagnostics
+    assert est.diagnostics["num_draws"] <= 8 * n0  # extended in proportion, not to the draw budget
+    assert_within_se(est.grad, est.grad_se, g, se_cap=0.5)
