@@ -19,7 +19,8 @@ from placement.estimator import GradientEstimate
 class Target:
     """rel_se: wanted |grad_se| / |grad| (0 = none); abs_se: wanted |grad_se| (0 = none);
     max_draws: stop adding draws beyond this many; max_seconds: or after this long (0 = no limit);
-    ess_floor: wanted importance-weight ESS, for weighted draws (0 = none)."""
+    ess_floor: wanted importance-weight ESS, for weighted draws whose weights are thin but sound
+    (0 = none; see ``_ess_wanted``)."""
 
     rel_se: float = 0.0
     abs_se: float = 0.0
@@ -52,6 +53,17 @@ def _ess(est: GradientEstimate) -> float | None:
     return None if v is None else float(v)
 
 
+def _ess_wanted(est: GradientEstimate, target: Target) -> bool:
+    """Whether more sets from the same proposal should lift the weight ESS to the floor: it is
+    under it, within 8x, and the weights' Pareto k is at most 0.7. Weights thinner than that
+    need a new proposal (the retry's job), not up to max_draws more draws from this one."""
+    ess = _ess(est)
+    if target.ess_floor <= 0 or ess is None or ess >= target.ess_floor:
+        return False
+    k = est.diagnostics.get("pareto_k")
+    return 8 * ess >= target.ess_floor and (k is None or not np.isfinite(k) or k <= 0.7)
+
+
 def rel_se(est: GradientEstimate) -> float:
     """|grad_se| / |grad| (inf when the gradient is zero or not finite)."""
     g = float(np.linalg.norm(est.grad))
@@ -74,8 +86,8 @@ def reached(est: GradientEstimate, target: Target) -> bool:
         ok = ok and rel_se(est) <= target.rel_se
     if target.abs_se > 0:
         ok = ok and se <= target.abs_se
-    if target.ess_floor > 0 and _ess(est) is not None:
-        ok = ok and _ess(est) >= target.ess_floor
+    if _ess_wanted(est, target):
+        ok = False
     return bool(ok)
 
 
@@ -86,7 +98,7 @@ def draws_needed(est: GradientEstimate, n: int, target: Target) -> int:
         ratios.append(rel_se(est) / target.rel_se)
     if target.abs_se > 0:
         ratios.append(float(np.linalg.norm(est.grad_se)) / target.abs_se)
-    if target.ess_floor > 0 and _ess(est) is not None:  # the ESS grows like N: as an SE ratio, its square root
+    if _ess_wanted(est, target):  # the ESS grows like N: as an SE ratio, its square root
         ratios.append(float(np.sqrt(target.ess_floor / max(_ess(est), 1e-300))))
     r = max(ratios) if ratios else 1.0
     if not np.isfinite(r):

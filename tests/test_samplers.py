@@ -181,7 +181,8 @@ def test_importance_warm_step_follows_a_posterior_that_moved_beyond_its_width():
 def test_importance_ess_floor_draws_more_batches_until_the_weight_ess_is_reached(conj):
     """sampler.ess_floor: with small batches (weight ESS about 60) and a floor of 150, the sampler
     extends from the same proposal until the weight ESS is at least 150, and the estimate agrees
-    with the closed form; without the floor it stops at one batch."""
+    with the closed form; without the floor, or with one too far above the weights, it stops at
+    one batch."""
     problem, F, g = conj
     opts = dict(sampler="importance", num_samples=32, qmc_groups=8, aim_samples=256, rel_se=0.0, seed=3)
     one = gradient(problem, **opts)
@@ -191,3 +192,6 @@ def test_importance_ess_floor_draws_more_batches_until_the_weight_ess_is_reached
     assert est.diagnostics["ess_weights"] >= 150 and est.diagnostics["num_draws"] > n0, est.diagnostics
     assert est.diagnostics["num_draws"] <= 8 * n0  # extended in proportion, not to the draw budget
     assert_within_se(est.grad, est.grad_se, g, se_cap=0.5)
+    # a floor far above the weights (more than 8x the ESS) is left to the retry: no draws added
+    far = gradient(problem, ess_floor=1000, **opts)
+    assert far.diagnostics["num_draws"] == n0, far.diagnostics
