@@ -32,6 +32,7 @@ from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
 from placement.model import JaxModel, from_pymc
 from placement.problems import load_builder
+from placement.predictive import hold_measured
 from placement.predictive import robust_gradient  # retry.robust_gradient; per fantasy in predictive mode
 from placement.retry import RetryConfig
 from placement.simulate import simulator_of, with_simulator
@@ -64,7 +65,7 @@ def _check_model(model, design: str, X=None) -> None:
 def problem_from_model(model, objective: str | None, design: str = "X", observed: str | None = "y",
                        name: str = "model", y_mode: str | None = None, fantasies: int = 8, features: int = 1024,
                        fantasy_seed: int = 0, simulator: dict | None = None,
-                       objective_options: dict | None = None) -> Problem:
+                       objective_options: dict | None = None, measured: int = 0) -> Problem:
     """Export a ``pm.Model`` once to JAX with its design and observed containers as inputs.
 
     Args:
@@ -85,6 +86,9 @@ def problem_from_model(model, objective: str | None, design: str = "X", observed
         objective_options: objective="eig" (expected information gain about parameters,
             predictive mode only; ``placement.eig``): {"params": names of the free variables
             of interest (default all), "contrastive": L contrastive prior draws per fantasy}.
+        measured: predictive mode: the first ``measured`` points of the design are already
+            measured (their y are the observed data's): they stay fixed, and the fantasies draw
+            the other points' y from the posterior predictive given them.
     """
     from placement import eig, predictive
 
@@ -103,6 +107,12 @@ def problem_from_model(model, objective: str | None, design: str = "X", observed
     if builtin_eig:  # checked before the export
         eig.check(y_mode, objective)
         eig.params_mask(model, eig.eig_config(objective_options).params)
+    X_shared = model.named_vars.get(design)
+    n = int(np.shape(X_shared.get_value())[0]) if hasattr(X_shared, "get_value") else 0
+    measured = predictive.check_measured(measured, n, y_mode) if measured else 0
+    if measured and builtin_eig:
+        raise PlacementError("objective=eig with measured points is not supported: its contrastive draws come from the "
+                             "prior. Use measured=0, or an objective of the model.")
     if y_mode == "predictive":
         predictive.observed_kind(model)  # an unsupported observed distribution fails here, before the export
         if int(fantasies) < 1:
@@ -112,7 +122,7 @@ def problem_from_model(model, objective: str | None, design: str = "X", observed
     if y_mode == "simulator":
         return Problem(name, with_simulator(jm, *sim), y_mode)
     if y_mode == "predictive":
-        fa = predictive.fantasies_for(model, jm, fantasies, fantasy_seed, features)
+        fa = predictive.fantasies_for(model, jm, fantasies, fantasy_seed, features, measured)
         if builtin_eig:
             return Problem(name, dataclasses.replace(jm, objective_name=eig.NAME), y_mode, fa,
                            eig.prepare(model, fa, objective_options, fantasy_seed))
@@ -245,7 +255,7 @@ def design_mode_options(problem_cfg: Any) -> dict:
     out = {}
     if problem_cfg.get("y_mode") is not None:
         out["y_mode"] = check_y_mode(str(problem_cfg.get("y_mode")))
-    for key in ("fantasies", "features", "fantasy_seed"):
+    for key in ("fantasies", "features", "fantasy_seed", "measured"):
         if problem_cfg.get(key) is not None:
             out[key] = int(problem_cfg.get(key))
     sim = problem_cfg.get("simulator")
@@ -347,7 +357,7 @@ def posterior_of(engine: Engine, est: GradientEstimate, X, y, num_draws: int | N
 
 
 def _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator,
-             objective_options=None) -> Problem:
+             objective_options=None, measured: int = 0) -> Problem:
     """The problem behind ``gradient`` and ``relocate``: a given ``Problem`` (whose y_mode was
     fixed when it was built) or an export of the model in the requested y_mode."""
     if isinstance(model, Problem):
@@ -361,7 +371,8 @@ def _problem(model, objective, design, observed, X, y_mode, fantasies, seed, sim
         check_y_mode(y_mode)
     _check_model(model, design, X)
     return problem_from_model(model, objective, design, observed, y_mode=y_mode, fantasies=fantasies,
-                              fantasy_seed=seed, simulator=simulator, objective_options=objective_options)
+                              fantasy_seed=seed, simulator=simulator, objective_options=objective_options,
+                              measured=measured)
 
 
 def _estimate(engine: Engine, est: GradientEstimate, X, y) -> Estimate:
@@ -373,6 +384,7 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
              sampler: Any = "importance", X=None, seed: int = 0, engine: Engine | None = None,
              retry: RetryConfig | dict | None = None, gradient_check: str = "error", y_mode: str | None = None,
              fantasies: int = 8, simulator: dict | None = None, max_seconds: float | None = None,
+             measured: int = 0,
              max_memory: Any = None, objective_options: dict | None = None, **sampler_options) -> Estimate:
     """F and dF/dX at X (default: the model's own design) with standard errors.
 
@@ -392,6 +404,8 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
             the model's own, simulator if it was built with one, else fixed). predictive:
             F is averaged over ``fantasies`` draws of y from the model's predictive at X (the
             fantasies' random numbers come from ``seed``: same seed, same fantasies).
+        measured: predictive mode: the first ``measured`` points are already measured (their y
+            the observed data's); the fantasies are drawn given them (``problem_from_model``).
         simulator: simulator mode for any model, see ``problem_from_model``.
         objective_options: for objective="eig" (predictive mode): {"params": [...],
             "contrastive": L}, see ``problem_from_model`` and ``placement.eig``.
@@ -414,7 +428,8 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
         raise PlacementError(f"gradient_check must be error, untrusted or off; got {gradient_check!r}.")
     budget.check_seconds(max_seconds), memory.limit(max_memory)  # checked before anything is built
     sampler_cfg = None if engine is not None else settings.sampler_config(sampler, "gradient", **sampler_options)
-    problem = _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator, objective_options)
+    problem = _problem(model, objective, design, observed, X, y_mode, fantasies, seed, simulator, objective_options,
+                       measured)
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
     with budget.scope(max_seconds), memory.scope(max_memory):  # the CLI's max_seconds and max_memory
@@ -512,7 +527,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
              retry: RetryConfig | dict | None = None, gradient_check: str = "error", progress: bool = True,
              y_mode: str | None = None, fantasies: int = 8, simulator: dict | None = None,
              max_seconds: float | None = None, max_memory: Any = None, objective_options: dict | None = None,
-             **sampler_options) -> Relocation:
+             measured: int = 0, **sampler_options) -> Relocation:
     """Relocate the design along dF/dX: the outer loop of ``placement run``.
 
     Each step estimates F and dF/dX at X (the sampler continues from the previous step's
@@ -535,8 +550,9 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
             2 SE for ``patience`` steps.
         retry: ``RetryConfig`` or a dict of its fields.
         progress: show a progress bar (tqdm; a widget in notebooks).
-        y_mode, fantasies, simulator: what y is while X moves, as in ``gradient``; predictive
-            mode relocates the design for the objective averaged over the data it could give.
+        y_mode, fantasies, simulator, measured: what y is while X moves, as in ``gradient``;
+            predictive mode relocates the design for the objective averaged over the data it
+            could give (the ``measured`` first points held fixed with their y).
         objective_options: for objective="eig", as in ``gradient``.
         max_seconds: time budget of each step's estimate, as ``placement run max_seconds=``
             (None/0 = none); a cut step has ``cut_short`` in the trajectory.
@@ -574,7 +590,9 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
         sampler_cfg = settings.sampler_config(sampler, **sampler_options)
     tx = _optimizer(cfg, optimizer, learning_rate, optimizer_options)
     cons = settings.constraints_from(constraints)
-    problem = _problem(model, objective, design, observed, X0, y_mode, fantasies, seed, simulator, objective_options)
+    problem = _problem(model, objective, design, observed, X0, y_mode, fantasies, seed, simulator, objective_options,
+                       measured)
+    cons = hold_measured(cons, problem.fantasies)
     jm = problem.jm
     X0 = jm.X if X0 is None else check_design(X0, jm)
     check_design_in_bounds(X0, cons)

@@ -125,13 +125,14 @@ def _gradient(cfg) -> None:
         "sampler": d.get("sampler"),
         "objective": problem.jm.objective_name,
         "y_mode": problem.y_mode,
+        **_fantasy_fields(problem),
         "cut_short": d.get("cut_short"),  # "max_seconds": the time budget ended the extra draws
         "diagnostics": d,
     }
     budget.raise_pending()  # a Ctrl-C or SIGTERM that Python dropped still stops the command here
     out = write_json(_run_dir() / "gradient.json", result)
     print(_table(Xused, est))
-    print(f"y_mode={problem.y_mode}  sampler={d.get('sampler')}  draws={d.get('num_draws')}  relative SE={d.get('rel_se', float('nan')):.3g}  "
+    print(f"y_mode={_mode_text(problem)}  sampler={d.get('sampler')}  draws={d.get('num_draws')}  relative SE={d.get('rel_se', float('nan')):.3g}  "
           f"seconds={seconds:.2f}  -> {out}")
     if d.get("cut_short"):
         print(f"WARNING: cut short by max_seconds={cfg.max_seconds}: the estimate uses the draws made by then.",
@@ -182,6 +183,20 @@ def _versions() -> dict:
     return out
 
 
+def _fantasy_fields(problem) -> dict:
+    """Predictive mode's fantasies for result.json / gradient.json (nothing in other modes)."""
+    fa = problem.fantasies
+    return {} if fa is None else {"fantasies": int(fa.u.shape[0]), "measured": int(fa.measured), "fantasy_draw": fa.detail}
+
+
+def _mode_text(problem) -> str:
+    fa = problem.fantasies
+    if fa is None:
+        return problem.y_mode
+    held = f", first {fa.measured} points measured (held fixed)" if fa.measured else ""
+    return f"{problem.y_mode} ({fa.u.shape[0]} fantasies{held})"
+
+
 def _run(cfg) -> None:
     import hashlib
 
@@ -194,6 +209,7 @@ def _run(cfg) -> None:
     from placement.constraints import check_design_in_bounds
     from placement.errors import PlacementError
     from placement.inference_data import write_netcdf
+    from placement.predictive import hold_measured
     from placement.io import write_atomic, write_csv, write_json
     from placement.loop import Progress, initial_state, load_checkpoint, row_text, run_loop, save_checkpoint
     from placement.problems import domain_points
@@ -228,7 +244,7 @@ def _run(cfg) -> None:
     problem = build_problem(cfg.problem, kernel, cfg.objective.name, objective_options=cfg.objective)
     jm = problem.jm
     domain = (cfg.problem.get("args") or {}).get("domain")
-    constraints = settings.constraints_from(cfg.constraints, domain)
+    constraints = hold_measured(settings.constraints_from(cfg.constraints, domain), problem.fantasies)
     X0 = jm.X if cfg.get("X0") is None else check_design(list(cfg.X0), jm)
     check_design_in_bounds(np.asarray(X0), constraints)
     engine = make_engine(problem, sampler_cfg, gradient_check=str(cfg.get("gradient_check", "error")))
@@ -264,6 +280,7 @@ def _run(cfg) -> None:
         "X": X_final, "X0": np.asarray(X0), "F": final["F"], "F_se": final["F_se"], "grad_norm": final["grad_norm"],
         "steps": state.step, "stop_reason": state.stop_reason, "objective": cfg.objective.name,
         "y_mode": problem.y_mode,
+        **_fantasy_fields(problem),
         "direction": cfg.objective.direction, "seconds": time.perf_counter() - t0,
         "step_seconds_median": float(np.median([r["step_seconds"] for r in state.rows])),
         "untrusted_steps": [r["step"] for r in state.rows if not r.get("trusted", 1)],
@@ -289,7 +306,7 @@ def _run(cfg) -> None:
     result["seconds"] = time.perf_counter() - t0
     budget.raise_pending()
     out = write_json(run_dir / "result.json", result)
-    print(f"{cfg.objective.name} ({cfg.objective.direction}, y_mode={problem.y_mode}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
+    print(f"{cfg.objective.name} ({cfg.objective.direction}, y_mode={_mode_text(problem)}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
           f"{state.step} steps ({state.stop_reason}); {result['seconds']:.1f} s -> {out}")
     print("final X:", np.array2string(X_final, precision=4, max_line_width=100))
     if result["retried_steps"]:

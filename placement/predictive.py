@@ -37,6 +37,15 @@ Fantasy draws (``fantasies_for``):
   sigma z. The function moves smoothly with X and does not depend on how many points there
   are; its covariance is eta^2 k to O(1 / sqrt(M)) per entry.
 
+Measured points (``measured = k``). The first k points of the design are already measured:
+they stay where they are (the loop holds them fixed) and keep their observed y in every
+fantasy, and the other points' y are drawn from the *posterior* predictive given them:
+theta0_j from p(theta | y_1..k) (importance sampling with the package's sampler, resampled),
+and for a GP the function draw conditioned on the measured values by Matheron's rule
+(pathwise conditioning, Wilson et al. 2020): g = f + eta^2 k(., X_m) (C_mm)^-1 (y_m - f(X_m) - e_m)
+with f the random-feature prior draw, C_mm = eta^2 k(X_m, X_m) + sigma^2 I and e_m ~ N(0, sigma^2 I)
+fixed. For a Normal observation, given theta0 the unmeasured y are independent of the measured ones.
+
 Standard error. The fantasies are independent draws of u, so the spread of the F_hat_j
 (which holds both the fantasies' variance and each estimate's Monte Carlo error) gives
 sd_j / sqrt(J); with few fantasies that spread is itself noisy, so the reported SE is the
@@ -76,8 +85,10 @@ class Fantasies(NamedTuple):
     kind: "normal" | "gp"; u: (J, k) every random number of each fantasy, flat;
     y_of: (u[k], X) -> y (the observed data's shape), pure JAX, smooth in X;
     detail: a line for outputs (kernel, features);
-    theta0: (J, p) each fantasy's parameters from the prior, flat and unconstrained in the
-        model's layout (what the ``eig`` objective contrasts against).
+    theta0: (J, p) each fantasy's parameters from the prior (from the posterior given the
+        measured points when there are some), flat and unconstrained in the model's layout
+        (what the ``eig`` objective contrasts against);
+    measured: the first ``measured`` points are measured: fixed, their y the observed values.
     """
 
     kind: str
@@ -85,6 +96,7 @@ class Fantasies(NamedTuple):
     y_of: Callable
     detail: str = ""
     theta0: np.ndarray | None = None
+    measured: int = 0
 
 
 # -- which observed distributions can be drawn with fixed random numbers ----------------------
@@ -143,21 +155,98 @@ def prior_draws(model, J: int, seed: int) -> np.ndarray:
     return np.concatenate([np.asarray(d, dtype=np.float64).reshape(J, -1) for d in draws], axis=1)
 
 
-def normal_fantasies(model, data: str, y_shape: tuple, J: int, seed: int) -> Fantasies:
-    """y = mu(theta0, X) + sigma(theta0, X) z, theta0 from the prior, z ~ N(0, I) fixed."""
+def normal_fantasies(model, data: str, y_shape: tuple, J: int, seed: int, jm=None, measured: int = 0) -> Fantasies:
+    """y = mu(theta0, X) + sigma(theta0, X) z, theta0 from the prior (from the posterior given the
+    first ``measured`` points, whose y stay the observed values), z ~ N(0, I) fixed."""
     rv = model.observed_RVs[0]
     mu, sigma = rv.owner.op.dist_params(rv.owner)
     fn = _jaxify(model, [mu, sigma], data)
-    theta0 = prior_draws(model, J, seed)
+    k = int(measured)
+    if k:
+        y_m = jnp.asarray(jm.y[:k])
+        X0 = jnp.asarray(jm.X)
+
+        def loglik(theta):
+            m, s = fn(theta, X0)
+            m, s = jnp.broadcast_to(m, y_shape)[:k], jnp.broadcast_to(s, y_shape)[:k]
+            return jnp.sum(jax.scipy.stats.norm.logpdf(y_m, m, s))
+
+        theta0 = posterior_draws(jm, loglik, J, seed)
+    else:
+        theta0 = prior_draws(model, J, seed)
     z = np.random.default_rng([seed, 1]).standard_normal((J, int(np.prod(y_shape))))
     p = theta0.shape[1]
 
     def y_of(u, X):
         m, s = fn(u[:p], X)
-        return jnp.broadcast_to(m, y_shape) + jnp.broadcast_to(s, y_shape) * u[p:].reshape(y_shape)
+        y = jnp.broadcast_to(m, y_shape) + jnp.broadcast_to(s, y_shape) * u[p:].reshape(y_shape)
+        return jnp.concatenate([y_m, y[k:]]) if k else y
 
-    return Fantasies("normal", np.concatenate([theta0, z], axis=1), y_of, "Normal: theta0 from the prior, fixed z",
-                     theta0)
+    where = f"the posterior given the {k} measured points" if k else "the prior"
+    return Fantasies("normal", np.concatenate([theta0, z], axis=1), y_of, f"Normal: theta0 from {where}, fixed z",
+                     theta0, k)
+
+
+# -- measured points: the parameters' posterior given them -----------------------------------
+def _newton_mode(logp: Callable, theta0, iters: int = 50, halvings: int = 12):
+    """Mode and inverse negative Hessian of ``logp`` by damped Newton steps: the Hessian's
+    eigenvalues floored (an ascent direction where it is not concave), each step halved until
+    logp does not decrease. Scale-free, so a few measured points with tight priors are as easy
+    as broad ones (few parameters: a dense Hessian)."""
+    grad, hess = jax.grad(logp), jax.hessian(logp)
+
+    def floored(th):
+        H = hess(th)
+        w, V = jnp.linalg.eigh(-0.5 * (H + H.T))
+        return V, jnp.maximum(w, 1e-10 * jnp.max(jnp.abs(w)) + 1e-300)
+
+    def step(_, th):
+        V, w = floored(th)
+        d = V @ ((V.T @ grad(th)) / w)
+        ts = 0.5 ** jnp.arange(halvings)
+        vals = jax.vmap(lambda t: logp(th + t * d))(ts)
+        ok = jnp.isfinite(vals) & (vals >= logp(th))
+        return th + jnp.where(ok.any(), ts[jnp.argmax(ok)], 0.0) * d
+
+    mode = jax.lax.fori_loop(0, iters, step, theta0)
+    V, w = floored(mode)
+    return mode, (V / w) @ V.T
+
+
+def posterior_draws(jm, loglik_measured: Callable, J: int, seed: int) -> np.ndarray:
+    """(J, p) draws of theta from p(theta | measured y): the model's prior (its log density minus
+    its log likelihood: prior and Jacobian) times ``loglik_measured(theta)``, by importance
+    sampling from the importance sampler's defensive t mixture around a Newton-found Laplace fit, resampled
+    systematically. Raises one PlacementError when the weights' ESS is under 10 J (the J
+    resampled draws would repeat a few points)."""
+    from placement.importance import ISConfig, proposal_from_moments, proposal_logpdf, proposal_sample
+
+    X0, y0 = jnp.asarray(jm.X), jnp.asarray(jm.y)
+
+    def logpost(theta, X=None, y=None):  # the measured points' values are inside loglik_measured
+        return jm.logdensity(theta, X0, y0) - jm.loglik(theta, X0, y0) + loglik_measured(theta)
+
+    num = max(4096, 1 << int(np.ceil(np.log2(32 * J))))
+    cfg = ISConfig(qmc=False, aim=False)
+
+    @jax.jit
+    def weighted(key, theta0):
+        mode, cov = _newton_mode(logpost, theta0)
+        prop = proposal_from_moments(mode, cov)
+        theta = proposal_sample(key, prop, num, cfg)
+        return theta, jax.vmap(logpost)(theta) - proposal_logpdf(prop, theta, cfg)
+
+    theta, logw = (np.asarray(a) for a in weighted(jax.random.PRNGKey(int(seed)), jnp.asarray(jm.initial_point)))
+    ok = np.isfinite(logw)
+    w = np.where(ok, np.exp(logw - np.max(logw[ok], initial=-np.inf)), 0.0) if ok.any() else np.zeros_like(logw)
+    ess = float(w.sum() ** 2 / max(np.sum(w**2), 1e-300))
+    if not np.isfinite(ess) or ess < 10 * J:
+        raise PlacementError(f"the parameters' posterior given the measured points could not be sampled well enough "
+                             f"for {J} fantasies (importance weight ESS {ess:.0f} of {len(w)} draws, 10 per fantasy "
+                             "needed); use fewer fantasies, or check that the measured points' data fit the model.")
+    pos = (np.random.default_rng([seed, 3]).uniform() + np.arange(J)) / J
+    idx = np.minimum(np.searchsorted(np.cumsum(w) / w.sum(), pos), len(w) - 1)
+    return theta[idx].astype(np.float64)
 
 
 # -- GP fantasies: random Fourier features ----------------------------------------------------
@@ -218,47 +307,120 @@ def identify_kernel(model, data: str, jm) -> tuple[str, float]:
                          f"for any supported kernel. Supported: {'; '.join(SUPPORTED)}.")
 
 
-def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024) -> Fantasies:
+def _scaled_r2(A, B, ell):
+    """Squared distances between the rows of A (a, d) and B (b, d), each axis over its ell."""
+    return jnp.sum(jnp.square((A[:, None, :] - B[None, :, :]) / ell), axis=-1)
+
+
+def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024, measured: int = 0) -> Fantasies:
     """GP fantasies: (ell, eta, sigma) from the prior, a random-Fourier-feature function draw
-    and a fixed noise draw per fantasy (see the module docstring)."""
+    and a fixed noise draw per fantasy (see the module docstring). With ``measured`` = k, the
+    hyperparameters come from their posterior given the first k points and the function draw
+    is conditioned on their values (Matheron's rule); their y stay the observed values."""
     name, jitter = identify_kernel(model, data, jm)
     d = 1 if jm.X.ndim == 1 else jm.X.shape[1]
     n = jm.X.shape[0]
     M = int(features)
     if M < 1:
         raise PlacementError(f"features must be >= 1; got {features}.")
-    theta0 = prior_draws(model, J, seed)
-    nat = [jm.constrain(jnp.asarray(t)) for t in theta0]
-    ell = np.stack([np.asarray(h["ell"], dtype=np.float64).reshape(-1) * np.ones(d) for h in nat])
-    eta, sigma = (np.array([float(np.asarray(h[k])) for h in nat]).reshape(J, 1) for k in ("eta", "sigma"))
+    k = int(measured)
+    X_m = jnp.asarray(jm.X[:k]).reshape(k, d)
+    y_m = jnp.asarray(jm.y[:k], dtype=jnp.float64)
+
+    def hyper(theta):
+        h = jm.constrain(theta)
+        return jnp.reshape(h["ell"], (-1,)) * jnp.ones(d), jnp.reshape(h["eta"], ()), jnp.reshape(h["sigma"], ())
+
+    def cov_m(ell, eta, sigma):
+        return eta**2 * kernel_of_r2(name, _scaled_r2(X_m, X_m, ell)) + (sigma**2 + jitter) * jnp.eye(k)
+
+    if k:
+        def loglik(theta):
+            return jax.scipy.stats.multivariate_normal.logpdf(y_m, jnp.zeros(k), cov_m(*hyper(theta)))
+
+        theta0 = posterior_draws(jm, loglik, J, seed)
+    else:
+        theta0 = prior_draws(model, J, seed)
+    ell, eta, sigma = (np.asarray(a, dtype=np.float64) for a in jax.jit(jax.vmap(hyper))(jnp.asarray(theta0)))
+    eta, sigma = eta.reshape(J, 1), sigma.reshape(J, 1)
     rng = np.random.default_rng([seed, 2])
     omega = np.stack([spectral_frequencies(name, rng, M, d) for _ in range(J)])  # (J, M, d)
     b = rng.uniform(0.0, 2.0 * np.pi, size=(J, M))
     w = rng.standard_normal((J, M))
     z = rng.standard_normal((J, n))
-    u = np.concatenate([ell, eta, sigma, omega.reshape(J, -1), b, w, z], axis=1)
-    cut = np.cumsum([d, 1, 1, M * d, M, M])
+
+    def prior_f(ell, eta, om, b, w, Xm):
+        return eta * jnp.sqrt(2.0 / M) * (jnp.cos((Xm / ell) @ om.reshape(M, d).T + b) @ w)
+
+    if k:  # Matheron: v_j = C_mm^-1 (y_m - f_j(X_m) - e_j), e_j = noise sd * z_j[:k]
+        def weights(ell, eta, sigma, om, b, w, z):
+            resid = y_m - prior_f(ell, eta, om, b, w, X_m) - jnp.sqrt(sigma**2 + jitter) * z[:k]
+            return jnp.linalg.solve(cov_m(ell, eta, sigma), resid)
+
+        v = np.asarray(jax.vmap(weights)(jnp.asarray(ell), jnp.asarray(eta[:, 0]), jnp.asarray(sigma[:, 0]),
+                                         jnp.asarray(omega), jnp.asarray(b), jnp.asarray(w), jnp.asarray(z)))
+    else:
+        v = np.zeros((J, 0))
+    u = np.concatenate([ell, eta, sigma, omega.reshape(J, -1), b, w, z, v], axis=1)
+    cut = np.cumsum([d, 1, 1, M * d, M, M, n])
 
     def y_of(u, X):
-        ell, eta, sigma, om, b, w, z = jnp.split(u, cut)
+        ell, eta, sigma, om, b, w, z, v = jnp.split(u, cut)
         Xm = X[:, None] if X.ndim == 1 else X
-        phase = (Xm / ell) @ om.reshape(M, d).T + b
-        return eta[0] * jnp.sqrt(2.0 / M) * (jnp.cos(phase) @ w) + jnp.sqrt(sigma[0] ** 2 + jitter) * z
+        y = prior_f(ell, eta[0], om, b, w, Xm) + jnp.sqrt(sigma[0] ** 2 + jitter) * z
+        if not k:
+            return y
+        y = y + eta[0] ** 2 * kernel_of_r2(name, _scaled_r2(Xm, X_m, ell)) @ v  # conditioned on the measured values
+        return jnp.concatenate([y_m, y[k:]])
 
-    return Fantasies("gp", u, y_of, f"GP {name}, {M} random Fourier features, hyperparameters from the prior",
-                     theta0)
+    where = f"from their posterior given the {k} measured points (function draw conditioned on them)" if k else \
+        "from the prior"
+    return Fantasies("gp", u, y_of, f"GP {name}, {M} random Fourier features, hyperparameters {where}", theta0, k)
 
 
-def fantasies_for(model, jm, J: int, seed: int, features: int = 1024) -> Fantasies:
-    """The fantasies of a model's observed data (``observed_kind`` says which draw)."""
+def check_measured(measured, n: int, y_mode: str) -> int:
+    """The number of measured points, checked: an integer 0 <= k < n, and k > 0 only in predictive mode."""
+    try:
+        k = int(measured)
+    except (TypeError, ValueError):
+        raise PlacementError(f"measured must be a whole number of points; got {measured!r}.") from None
+    if k != measured or k < 0:
+        raise PlacementError(f"measured must be a whole number >= 0 (the first points of the design that are already "
+                             f"measured); got {measured!r}.")
+    if k and y_mode != "predictive":
+        raise PlacementError(f"measured={k} needs y_mode=predictive: it says which points already have their y, the "
+                             f"others' y being drawn from the predictive; in y_mode={y_mode} every point has its y.")
+    if k >= n:
+        raise PlacementError(f"measured={k} leaves no point to plan: the design has {n} points; measured must be at "
+                             f"most {n - 1}.")
+    return k
+
+
+def fantasies_for(model, jm, J: int, seed: int, features: int = 1024, measured: int = 0) -> Fantasies:
+    """The fantasies of a model's observed data (``observed_kind`` says which draw); with
+    ``measured`` = k, from the posterior predictive given the first k points of the design."""
     if int(J) < 1:
         raise PlacementError(f"fantasies must be >= 1; got {J}.")
     if jm.y is None:
         raise PlacementError("y_mode=predictive needs the observed data in a pm.Data container (problem.observed).")
+    k = check_measured(measured, jm.X.shape[0], "predictive")
+    if k and np.shape(jm.y)[:1] != jm.X.shape[:1]:
+        raise PlacementError(f"measured points need one observed value per design point; the observed data have "
+                             f"shape {np.shape(jm.y)} for {jm.X.shape[0]} points.")
     kind = observed_kind(model)
     if kind == "normal":
-        return normal_fantasies(model, jm.data_name, jm.y.shape, int(J), int(seed))
-    return gp_fantasies(model, jm.data_name, jm, int(J), int(seed), features)
+        return normal_fantasies(model, jm.data_name, jm.y.shape, int(J), int(seed), jm, k)
+    return gp_fantasies(model, jm.data_name, jm, int(J), int(seed), features, k)
+
+
+def hold_measured(constraints, fantasies):
+    """``constraints`` with the measured points (the first ``fantasies.measured``) held fixed."""
+    import dataclasses
+
+    k = 0 if fantasies is None else int(fantasies.measured)
+    if not k:
+        return constraints
+    return dataclasses.replace(constraints, fixed=tuple(sorted(set(int(i) for i in constraints.fixed) | set(range(k)))))
 
 
 # -- the linearised model: the engine's y slot carries (X, y, dy/dX) ---------------------------

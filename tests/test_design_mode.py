@@ -244,3 +244,97 @@ def test_predictive_total_derivative_needs_dy_dX():
     assert zF < 4.0 and zg < 4.0, (est.F, F, est.grad, g, est.grad_se)
     broken = api.gradient(problem, engine=_without_dy_dX(problem, **cfg), X=CLOSE, sampler="importance", seed=1, **cfg)
     assert np.max(np.abs(np.asarray(broken.grad) - g) / np.asarray(broken.grad_se)) > 6.0, (broken.grad, g)
+
+
+# -- measured points: fantasies from the posterior predictive given them -----------------------
+# The first k points are measured. Each fantasy keeps their observed y; theta0 comes from the
+# posterior given them and the other points' y from the posterior predictive. Checked against
+# the closed forms: the linear-Gaussian model's conjugate posterior, and a GP with its
+# hyperparameters pinned (tight priors), whose predictive given the measured values is Gaussian.
+def _moments_within(draws, mean, cov, *, k=4.0, var_rtol=0.15):
+    """Each coordinate's sample mean within k SE of ``mean``, its variance within var_rtol."""
+    draws = np.asarray(draws)
+    se = np.sqrt(np.diag(cov) / len(draws))
+    z = np.abs(draws.mean(0) - mean) / se
+    assert np.all(z < k), (draws.mean(0), mean, z)
+    np.testing.assert_allclose(draws.var(0), np.diag(cov), rtol=var_rtol)
+
+
+def test_measured_linear_gaussian_fantasies_follow_the_posterior_given_the_measured_points():
+    import pymc as pm
+
+    from placement.model import from_pymc
+
+    X = np.array([-0.8, -0.2, 0.5, 0.9, -0.5, 0.1, 0.7])
+    k, noise = 4, 0.3
+    y_m = np.array([0.9, -0.4, 0.3, 1.6])
+    model = design.linear_gaussian(n=len(X), x0=X)
+    with model:
+        pm.set_data({"y": np.concatenate([y_m, np.zeros(len(X) - k)])})
+    jm = from_pymc(model, "post_var")
+    J = 1500
+    fa = predictive.fantasies_for(model, jm, J, seed=5, measured=k)
+    Phi = np.stack(design.features(X), axis=1)
+    S = np.linalg.inv(np.eye(3) + Phi[:k].T @ Phi[:k] / noise**2)  # beta | y_m: N(mu, S), prior sd 1
+    mu = S @ Phi[:k].T @ y_m / noise**2
+    _moments_within(fa.theta0, mu, S)
+    ys = np.asarray(jax.vmap(lambda u: fa.y_of(u, jnp.asarray(X)))(jnp.asarray(fa.u)))
+    assert np.all(ys[:, :k] == y_m)  # the measured points keep their data
+    _moments_within(ys[:, k:], Phi[k:] @ mu, Phi[k:] @ S @ Phi[k:].T + noise**2 * np.eye(len(X) - k))
+    assert fa.measured == k and "posterior given the 4 measured points" in fa.detail
+
+
+def test_measured_gp_fantasies_are_the_conditional_predictive():
+    import pymc as pm
+
+    from placement.model import from_pymc
+
+    X = np.array([1.0, 2.5, 4.0, 2.0, 6.0, 9.0])
+    k = 3
+    y_m = np.array([3.0, -2.0, 5.0])
+    model = design.tight_gp(n=len(X), prior_sd=1e-4, x0=X)
+    with model:
+        pm.set_data({"y": np.concatenate([y_m, np.zeros(len(X) - k)])})
+    jm = from_pymc(model, "integrated_variance")
+    fa = predictive.fantasies_for(model, jm, 1000, seed=3, features=2048, measured=k)
+    ys = np.asarray(jax.vmap(lambda u: fa.y_of(u, jnp.asarray(X)))(jnp.asarray(fa.u)))
+    assert np.all(ys[:, :k] == y_m)
+    C = np.asarray(predictive.gp_covariance("matern52", jnp.asarray(X), 5.0, 8.0, 0.02))
+    A = C[k:, :k] @ np.linalg.inv(C[:k, :k])
+    cov = C[k:, k:] - A @ C[:k, k:]  # predictive given y_m: prior variance 64 shrunk to 0.04-38
+    _moments_within(ys[:, k:], A @ y_m, cov)
+    # the function draw moves smoothly with the planned points: dy/dX finite, zero on measured rows
+    jac = np.asarray(jax.jacfwd(fa.y_of, argnums=1)(jnp.asarray(fa.u[0]), jnp.asarray(X)))
+    assert np.all(np.isfinite(jac)) and not np.any(jac[:k]) and np.any(jac[k:, k:])
+
+
+def test_measured_run_holds_the_measured_points_and_reports_them(tmp_path):
+    """CLI: the seed problem with its first 6 points measured; a 2-step predictive run keeps them."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from inprocess import assert_ok, placement
+
+    out = tmp_path / "out"
+    r = placement("run", f"hydra.run.dir={out}", "problem.y_mode=predictive", "problem.measured=6",
+                  "problem.fantasies=2", "steps=2", "plots=false", "sampler.num_samples=512",
+                  "sampler.adapt_samples=512", "sampler.pilot_iters=2", "sampler.adapt_iters=2", "retry.max_retries=0")
+    assert_ok(r)
+    res = json.loads((out / "result.json").read_text())
+    X, X0 = np.asarray(res["X"]), np.asarray(res["X0"])
+    assert np.array_equal(X[:6], X0[:6]) and not np.array_equal(X[6:], X0[6:])
+    assert res["y_mode"] == "predictive" and res["measured"] == 6 and res["fantasies"] == 2
+    assert "given the 6 measured points" in res["fantasy_draw"]
+    assert "first 6 points measured (held fixed)" in r.out
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"measured": 3}, "measured=3 needs y_mode=predictive"),
+    ({"measured": 4, "y_mode": "predictive"}, "measured=4 leaves no point to plan.*at most 3"),
+    ({"measured": -1, "y_mode": "predictive"}, "measured must be a whole number >= 0"),
+    ({"measured": 1.5, "y_mode": "predictive"}, "measured must be a whole number"),
+])
+def test_measured_bad_input(kwargs, message):
+    with pytest.raises(PlacementError, match=message):
+        api.gradient(design.linear_gaussian(), "post_var", **kwargs)
