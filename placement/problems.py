@@ -8,6 +8,8 @@ objective quantity. ``load_builder("pkg.module:function")`` imports a user's bui
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Callable
 
 import jax.numpy as jnp
@@ -154,6 +156,20 @@ def simulator_gp(kernel: Callable = Matern52, n: int = 8, function: str = "forre
     return model
 
 
+def _import_here(name: str):
+    """Import ``name``, looking in the working folder too: ``python -m`` puts it on sys.path,
+    the ``placement`` console script does not, and a builder next to the user's data is the
+    documented case (``problem.builder=my_module:build_model`` run from its folder)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        if e.name != name.split(".")[0] or here in sys.path:
+            raise
+        sys.path.insert(0, here)
+        return importlib.import_module(name)
+
+
 def load_builder(spec: str) -> Callable[..., pm.Model]:
     """Import ``"package.module:function"`` and return the function."""
     if not isinstance(spec, str) or ":" not in spec:
@@ -162,7 +178,7 @@ def load_builder(spec: str) -> Callable[..., pm.Model]:
         )
     mod_name, _, fn_name = spec.partition(":")
     try:
-        mod = importlib.import_module(mod_name)
+        mod = _import_here(mod_name)
     except ImportError as e:
         raise PlacementError(
             f"cannot import module {mod_name!r} for problem.builder ({e}). "

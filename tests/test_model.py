@@ -66,3 +66,16 @@ def test_discrete_parameter_is_rejected():
         pm.Deterministic("f", pm.math.constant(1.0))
     with pytest.raises(PlacementError, match="discrete"):
         from_pymc(m, "f", observed=None)
+
+
+def test_builder_module_in_the_working_folder_is_found(tmp_path, monkeypatch):
+    """`placement gradient problem.builder=my_module:build_model` run from the module's folder:
+    a console script does not put that folder on sys.path, so load_builder must."""
+    import sys
+
+    from placement.problems import load_builder
+
+    (tmp_path / "builder_in_cwd_xyz.py").write_text("def build_model():\n    return 42\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
+    assert load_builder("builder_in_cwd_xyz:build_model")() == 42
