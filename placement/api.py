@@ -32,7 +32,7 @@ from placement.errors import PlacementError
 from placement.estimator import GradientEstimate
 from placement.model import JaxModel, from_pymc
 from placement.problems import load_builder
-from placement.predictive import hold_measured
+from placement.predictive import check_measured_design, hold_measured
 from placement.predictive import robust_gradient  # retry.robust_gradient; per fantasy in predictive mode
 from placement.retry import RetryConfig
 from placement.simulate import simulator_of, with_simulator
@@ -255,9 +255,11 @@ def design_mode_options(problem_cfg: Any) -> dict:
     out = {}
     if problem_cfg.get("y_mode") is not None:
         out["y_mode"] = check_y_mode(str(problem_cfg.get("y_mode")))
-    for key in ("fantasies", "features", "fantasy_seed", "measured"):
+    for key in ("fantasies", "features", "fantasy_seed"):
         if problem_cfg.get(key) is not None:
             out[key] = int(problem_cfg.get(key))
+    if problem_cfg.get("measured") is not None:  # checked whole (predictive.check_measured), not rounded
+        out["measured"] = problem_cfg.get("measured")
     sim = problem_cfg.get("simulator")
     if sim is not None:
         out["simulator"] = OmegaConf.to_container(sim, resolve=True) if OmegaConf.is_config(sim) else dict(sim)
@@ -364,6 +366,10 @@ def _problem(model, objective, design, observed, X, y_mode, fantasies, seed, sim
         if y_mode is not None and y_mode != model.y_mode:
             raise PlacementError(f"this Problem was built with y_mode={model.y_mode}; build it again with "
                                  f"y_mode={y_mode} (problem_from_model or problem.y_mode=...).")
+        built = 0 if model.fantasies is None else int(model.fantasies.measured)
+        if measured and measured != built:
+            raise PlacementError(f"this Problem was built with measured={built}; build it again with "
+                                 f"measured={measured} (problem_from_model(..., measured=...)).")
         return model
     if y_mode is not None:
         from placement.predictive import check_y_mode
@@ -432,6 +438,7 @@ def gradient(model, objective: str | None = None, *, design: str = "X", observed
                        measured)
     jm = problem.jm
     X = jm.X if X is None else check_design(X, jm)
+    check_measured_design(problem.fantasies, jm.X, X)
     with budget.scope(max_seconds), memory.scope(max_memory):  # the CLI's max_seconds and max_memory
         engine = engine or make_engine(problem, sampler_cfg, gradient_check=gradient_check)
         y = engine.jm.y_at(X)
@@ -595,6 +602,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
     cons = hold_measured(cons, problem.fantasies)
     jm = problem.jm
     X0 = jm.X if X0 is None else check_design(X0, jm)
+    check_measured_design(problem.fantasies, jm.X, X0)
     check_design_in_bounds(X0, cons)
     bar = Progress(loop_cfg.steps, enabled=progress, desc="placement.relocate")
     last = {}

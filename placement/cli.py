@@ -209,7 +209,7 @@ def _run(cfg) -> None:
     from placement.constraints import check_design_in_bounds
     from placement.errors import PlacementError
     from placement.inference_data import write_netcdf
-    from placement.predictive import hold_measured
+    from placement.predictive import check_measured_design, hold_measured
     from placement.io import write_atomic, write_csv, write_json
     from placement.loop import Progress, initial_state, load_checkpoint, row_text, run_loop, save_checkpoint
     from placement.problems import domain_points
@@ -246,6 +246,7 @@ def _run(cfg) -> None:
     domain = (cfg.problem.get("args") or {}).get("domain")
     constraints = hold_measured(settings.constraints_from(cfg.constraints, domain), problem.fantasies)
     X0 = jm.X if cfg.get("X0") is None else check_design(list(cfg.X0), jm)
+    check_measured_design(problem.fantasies, jm.X, X0)
     check_design_in_bounds(np.asarray(X0), constraints)
     engine = make_engine(problem, sampler_cfg, gradient_check=str(cfg.get("gradient_check", "error")))
     if cfg.resume and ckpt.exists():

@@ -171,7 +171,7 @@ def normal_fantasies(model, data: str, y_shape: tuple, J: int, seed: int, jm=Non
             m, s = jnp.broadcast_to(m, y_shape)[:k], jnp.broadcast_to(s, y_shape)[:k]
             return jnp.sum(jax.scipy.stats.norm.logpdf(y_m, m, s))
 
-        theta0 = posterior_draws(jm, loglik, J, seed)
+        theta0 = posterior_draws(model, jm, loglik, J, seed)
     else:
         theta0 = prior_draws(model, J, seed)
     z = np.random.default_rng([seed, 1]).standard_normal((J, int(np.prod(y_shape))))
@@ -188,20 +188,26 @@ def normal_fantasies(model, data: str, y_shape: tuple, J: int, seed: int, jm=Non
 
 
 # -- measured points: the parameters' posterior given them -----------------------------------
-def _newton_mode(logp: Callable, theta0, iters: int = 50, halvings: int = 12):
-    """Mode and inverse negative Hessian of ``logp`` by damped Newton steps: the Hessian's
-    eigenvalues floored (an ascent direction where it is not concave), each step halved until
-    logp does not decrease. Scale-free, so a few measured points with tight priors are as easy
-    as broad ones (few parameters: a dense Hessian)."""
+def _newton_mode(logp: Callable, theta0, iters: int = 50, halvings: int = 40):
+    """Mode and inverse negative Hessian of ``logp`` by damped saddle-free Newton steps: the
+    negative Hessian's eigenvalues taken in absolute value (an ascent direction where logp is
+    not concave), each step halved, up to ``halvings`` times, until logp does not decrease.
+    Scale-free, so a few measured points with tight priors are as easy as broad ones (few
+    parameters: a dense Hessian). At the mode, eigenvalues that are not positive are floored,
+    a very wide proposal along them that the caller's ESS check then refuses."""
     grad, hess = jax.grad(logp), jax.hessian(logp)
 
-    def floored(th):
+    def eig(th):
         H = hess(th)
-        w, V = jnp.linalg.eigh(-0.5 * (H + H.T))
+        return jnp.linalg.eigh(-0.5 * (H + H.T))
+
+    def floored(th):
+        w, V = eig(th)
         return V, jnp.maximum(w, 1e-10 * jnp.max(jnp.abs(w)) + 1e-300)
 
     def step(_, th):
-        V, w = floored(th)
+        w, V = eig(th)
+        w = jnp.maximum(jnp.abs(w), 1e-12 * jnp.max(jnp.abs(w)) + 1e-300)
         d = V @ ((V.T @ grad(th)) / w)
         ts = 0.5 ** jnp.arange(halvings)
         vals = jax.vmap(lambda t: logp(th + t * d))(ts)
@@ -213,18 +219,29 @@ def _newton_mode(logp: Callable, theta0, iters: int = 50, halvings: int = 12):
     return mode, (V / w) @ V.T
 
 
-def posterior_draws(jm, loglik_measured: Callable, J: int, seed: int) -> np.ndarray:
-    """(J, p) draws of theta from p(theta | measured y): the model's prior (its log density minus
-    its log likelihood: prior and Jacobian) times ``loglik_measured(theta)``, by importance
+def log_prior(model, data: str) -> Callable:
+    """theta -> log prior density of the flat unconstrained parameters (Jacobian and potentials
+    included, no likelihood): what the measured points' likelihood multiplies."""
+    import pytensor.tensor as pt
+
+    terms = list(model.free_RVs) + list(model.potentials)
+    fn = _jaxify(model, [pt.as_tensor_variable(model.logp(vars=terms, jacobian=True))], data)
+    X0 = jnp.asarray(model[data].get_value(), dtype=jnp.float64)
+    return lambda theta: jnp.reshape(fn(theta, X0)[0], ())
+
+
+def posterior_draws(model, jm, loglik_measured: Callable, J: int, seed: int) -> np.ndarray:
+    """(J, p) draws of theta from p(theta | measured y): the model's prior (``log_prior``) times
+    ``loglik_measured(theta)``, by importance
     sampling from the importance sampler's defensive t mixture around a Newton-found Laplace fit, resampled
     systematically. Raises one PlacementError when the weights' ESS is under 10 J (the J
     resampled draws would repeat a few points)."""
     from placement.importance import ISConfig, proposal_from_moments, proposal_logpdf, proposal_sample
 
-    X0, y0 = jnp.asarray(jm.X), jnp.asarray(jm.y)
+    prior = log_prior(model, jm.data_name)
 
-    def logpost(theta, X=None, y=None):  # the measured points' values are inside loglik_measured
-        return jm.logdensity(theta, X0, y0) - jm.loglik(theta, X0, y0) + loglik_measured(theta)
+    def logpost(theta):  # the measured points' values are inside loglik_measured
+        return prior(theta) + loglik_measured(theta)
 
     num = max(4096, 1 << int(np.ceil(np.log2(32 * J))))
     cfg = ISConfig(qmc=False, aim=False)
@@ -338,7 +355,7 @@ def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024, 
         def loglik(theta):
             return jax.scipy.stats.multivariate_normal.logpdf(y_m, jnp.zeros(k), cov_m(*hyper(theta)))
 
-        theta0 = posterior_draws(jm, loglik, J, seed)
+        theta0 = posterior_draws(model, jm, loglik, J, seed)
     else:
         theta0 = prior_draws(model, J, seed)
     ell, eta, sigma = (np.asarray(a, dtype=np.float64) for a in jax.jit(jax.vmap(hyper))(jnp.asarray(theta0)))
@@ -380,11 +397,11 @@ def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024, 
 
 def check_measured(measured, n: int, y_mode: str) -> int:
     """The number of measured points, checked: an integer 0 <= k < n, and k > 0 only in predictive mode."""
-    try:
-        k = int(measured)
-    except (TypeError, ValueError):
-        raise PlacementError(f"measured must be a whole number of points; got {measured!r}.") from None
-    if k != measured or k < 0:
+    whole = isinstance(measured, (int, np.integer)) or (isinstance(measured, float) and measured.is_integer())
+    if isinstance(measured, bool) or not whole:
+        raise PlacementError(f"measured must be a whole number of points; got {measured!r}.")
+    k = int(measured)
+    if k < 0:
         raise PlacementError(f"measured must be a whole number >= 0 (the first points of the design that are already "
                              f"measured); got {measured!r}.")
     if k and y_mode != "predictive":
@@ -407,10 +424,21 @@ def fantasies_for(model, jm, J: int, seed: int, features: int = 1024, measured: 
     if k and np.shape(jm.y)[:1] != jm.X.shape[:1]:
         raise PlacementError(f"measured points need one observed value per design point; the observed data have "
                              f"shape {np.shape(jm.y)} for {jm.X.shape[0]} points.")
+    if k and not np.all(np.isfinite(np.asarray(jm.y)[:k])):
+        raise PlacementError(f"the {k} measured points need finite observed values; the data's first {k} entries are "
+                             f"{np.asarray(jm.y)[:k].tolist()} (the other points' values are not used and may be anything).")
     kind = observed_kind(model)
     if kind == "normal":
         return normal_fantasies(model, jm.data_name, jm.y.shape, int(J), int(seed), jm, k)
     return gp_fantasies(model, jm.data_name, jm, int(J), int(seed), features, k)
+
+
+def check_measured_design(fantasies, X_model, X) -> None:
+    """A design given for a problem with measured points must keep them where they were measured."""
+    k = 0 if fantasies is None else int(fantasies.measured)
+    if k and not np.array_equal(np.asarray(X)[:k], np.asarray(X_model)[:k]):
+        raise PlacementError(f"the first {k} points are measured at {np.asarray(X_model)[:k].tolist()}; a design given "
+                             f"with X / X0 must keep them there (it has {np.asarray(X)[:k].tolist()}).")
 
 
 def hold_measured(constraints, fantasies):

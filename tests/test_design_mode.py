@@ -334,7 +334,51 @@ def test_measured_run_holds_the_measured_points_and_reports_them(tmp_path):
     ({"measured": 4, "y_mode": "predictive"}, "measured=4 leaves no point to plan.*at most 3"),
     ({"measured": -1, "y_mode": "predictive"}, "measured must be a whole number >= 0"),
     ({"measured": 1.5, "y_mode": "predictive"}, "measured must be a whole number"),
+    ({"measured": True, "y_mode": "predictive"}, "measured must be a whole number"),
+    ({"measured": "2", "y_mode": "predictive"}, "measured must be a whole number"),
 ])
 def test_measured_bad_input(kwargs, message):
     with pytest.raises(PlacementError, match=message):
         api.gradient(design.linear_gaussian(), "post_var", **kwargs)
+
+
+def test_measured_cli_value_is_checked_not_rounded(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from inprocess import assert_clear_error, placement
+
+    r = placement("gradient", f"hydra.run.dir={tmp_path / 'out'}", "problem.y_mode=predictive", "problem.measured=1.5")
+    assert_clear_error(r, "measured must be a whole number")
+
+
+def test_measured_points_need_finite_data_and_must_stay_in_a_given_design():
+    """NaN is a fine placeholder for the planned points' y, not for a measured one; a design
+    given with X must keep the measured points where they were measured."""
+    import pymc as pm
+
+    from placement.model import from_pymc
+
+    X = np.array([-0.6, -0.2, 0.2, 0.6])
+    model = design.linear_gaussian(n=4, x0=X)
+    with model:
+        pm.set_data({"y": np.array([0.5, -0.1, np.nan, np.nan])})
+    jm = from_pymc(model, "post_var")
+    fa = predictive.fantasies_for(model, jm, 4, seed=0, measured=2)
+    ys = np.asarray(jax.vmap(lambda u: fa.y_of(u, jnp.asarray(X)))(jnp.asarray(fa.u)))
+    assert np.isfinite(ys).all() and np.all(ys[:, :2] == [0.5, -0.1])
+    with pytest.raises(PlacementError, match="the 3 measured points need finite observed values"):
+        predictive.fantasies_for(model, jm, 4, seed=0, measured=3)
+    with pytest.raises(PlacementError, match="first 2 points are measured at .* must keep them there"):
+        predictive.check_measured_design(fa, X, X + 0.1)
+    predictive.check_measured_design(fa, X, np.concatenate([X[:2], X[2:] + 0.1]))  # planned points may move
+    with pytest.raises(PlacementError, match="must keep them there"):  # the API checks it before any sampling
+        api.gradient(model, "post_var", X=X + 0.1, y_mode="predictive", measured=2, fantasies=2)
+
+
+def test_newton_mode_leaves_a_non_concave_start():
+    """Saddle-free steps: from where log p is convex along one axis, the mode is still found."""
+    logp = lambda t: -jnp.log1p(t[0] ** 2) - 0.5 * t[1] ** 2  # noqa: E731  mode 0, -Hessian diag(2, 1)
+    mode, cov = jax.jit(lambda t: predictive._newton_mode(logp, t))(jnp.array([3.0, 1.0]))
+    np.testing.assert_allclose(mode, [0.0, 0.0], atol=1e-8)
+    np.testing.assert_allclose(cov, np.diag([0.5, 1.0]), rtol=1e-6, atol=1e-9)
