@@ -137,6 +137,10 @@ def _gradient(cfg) -> None:
     if d.get("cut_short"):
         print(f"WARNING: cut short by max_seconds={cfg.max_seconds}: the estimate uses the draws made by then.",
               file=sys.stderr)
+    if problem.fantasies is not None and problem.fantasies.measured:
+        k = problem.fantasies.measured
+        print(f"note: points 0-{k - 1} are measured (their y kept, held fixed by placement run); their rows are not "
+              "a direction to move them.", file=sys.stderr)
     if d.get("target_note"):
         print(f"WARNING: {d['target_note']}", file=sys.stderr)
     if d.get("note"):
