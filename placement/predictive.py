@@ -282,11 +282,15 @@ def kernel_of_r2(name: str, r2):
     raise PlacementError(f"no spectral density for kernel {name!r}; choose one of {', '.join(SPECTRAL_DOF)}.")
 
 
+def _scaled_r2(A, B, ell):
+    """Squared distances between the rows of A (a, d) and B (b, d), each axis over its ell."""
+    return jnp.sum(jnp.square((A[:, None, :] - B[None, :, :]) / ell), axis=-1)
+
+
 def gp_covariance(name: str, X, ell, eta, sigma):
     """eta^2 k_ell(X, X) + sigma^2 I for X (n,) or (n, d)."""
     Xm = X[:, None] if X.ndim == 1 else X
-    r2 = jnp.sum(jnp.square((Xm[:, None, :] - Xm[None, :, :]) / ell), axis=-1)
-    return eta**2 * kernel_of_r2(name, r2) + sigma**2 * jnp.eye(Xm.shape[0])
+    return eta**2 * kernel_of_r2(name, _scaled_r2(Xm, Xm, ell)) + sigma**2 * jnp.eye(Xm.shape[0])
 
 
 def spectral_frequencies(name: str, rng: np.random.Generator, M: int, d: int) -> np.ndarray:
@@ -324,11 +328,6 @@ def identify_kernel(model, data: str, jm) -> tuple[str, float]:
                          f"for any supported kernel. Supported: {'; '.join(SUPPORTED)}.")
 
 
-def _scaled_r2(A, B, ell):
-    """Squared distances between the rows of A (a, d) and B (b, d), each axis over its ell."""
-    return jnp.sum(jnp.square((A[:, None, :] - B[None, :, :]) / ell), axis=-1)
-
-
 def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024, measured: int = 0) -> Fantasies:
     """GP fantasies: (ell, eta, sigma) from the prior, a random-Fourier-feature function draw
     and a fixed noise draw per fantasy (see the module docstring). With ``measured`` = k, the
@@ -349,7 +348,7 @@ def gp_fantasies(model, data: str, jm, J: int, seed: int, features: int = 1024, 
         return jnp.reshape(h["ell"], (-1,)) * jnp.ones(d), jnp.reshape(h["eta"], ()), jnp.reshape(h["sigma"], ())
 
     def cov_m(ell, eta, sigma):
-        return eta**2 * kernel_of_r2(name, _scaled_r2(X_m, X_m, ell)) + (sigma**2 + jitter) * jnp.eye(k)
+        return gp_covariance(name, X_m, ell, eta, sigma) + jitter * jnp.eye(k)
 
     if k:
         def loglik(theta):

@@ -311,9 +311,7 @@ def test_measured_gp_fantasies_are_the_conditional_predictive():
 def test_measured_run_holds_the_measured_points_and_reports_them(tmp_path):
     """CLI: the seed problem with its first 6 points measured; a 2-step predictive run keeps them."""
     import json
-    import sys
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from inprocess import assert_ok, placement
 
     out = tmp_path / "out"
@@ -343,9 +341,6 @@ def test_measured_bad_input(kwargs, message):
 
 
 def test_measured_cli_value_is_checked_not_rounded(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from inprocess import assert_clear_error, placement
 
     r = placement("gradient", f"hydra.run.dir={tmp_path / 'out'}", "problem.y_mode=predictive", "problem.measured=1.5")
