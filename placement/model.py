@@ -121,10 +121,11 @@ def _quiet_rewrites():
         logger.setLevel(level)
 
 
-def _rewrite_checked(outs, inputs, model, X0, y0):
-    """``rewrites.exact_distances`` on ``outs``, kept only if the values at the model's
-    initial point and data are unchanged (the rewrite matches a pattern, not a proof)."""
-    new, count = rewrites.exact_distances(outs)
+def _rewrite_checked(outs, inputs, model, X0, y0, rewrite=rewrites.exact_distances):
+    """``rewrite`` (``rewrites.exact_distances``, ``rewrites.solve_after_product``) on ``outs``,
+    kept only if the values at the model's initial point and data are unchanged (the rewrite
+    matches a pattern, not a proof)."""
+    new, count = rewrite(outs)
     if not count:
         return outs, 0
     point = model.initial_point()
@@ -204,9 +205,10 @@ def from_pymc(
         inputs_extra.append(y_in)
     outs = graph_replace([pt.as_tensor_variable(logp), pt.as_tensor_variable(loglik), f], replace, strict=False)
     rewritten = 0
+    graph_inputs = list(model.value_vars) + [X_in] + ([y_in] if y_shared is not None else [])
     if exact_distances:
-        outs, rewritten = _rewrite_checked(outs, list(model.value_vars) + [X_in] + ([y_in] if y_shared is not None else []),
-                                           model, X0, y0)
+        outs, rewritten = _rewrite_checked(outs, graph_inputs, model, X0, y0)
+    outs, _ = _rewrite_checked(outs, graph_inputs, model, X0, y0, rewrites.solve_after_product)
     outs = [pt.cast(o, "float64") for o in outs]
     inputs = list(model.value_vars) + inputs_extra
     with _quiet_rewrites():  # a broken model is reported once, below, not by every failed rewrite
