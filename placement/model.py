@@ -122,7 +122,7 @@ def _quiet_rewrites():
 
 
 def _rewrite_checked(outs, inputs, model, X0, y0, rewrite=rewrites.exact_distances):
-    """``rewrite`` (``rewrites.exact_distances``, ``rewrites.solve_after_product``) on ``outs``,
+    """``rewrite`` (``rewrites.exact_distances``, ``rewrites.gp_solves``) on ``outs``,
     kept only if the values at the model's initial point and data are unchanged (the rewrite
     matches a pattern, not a proof)."""
     new, count = rewrite(outs)
@@ -208,7 +208,7 @@ def from_pymc(
     graph_inputs = list(model.value_vars) + [X_in] + ([y_in] if y_shared is not None else [])
     if exact_distances:
         outs, rewritten = _rewrite_checked(outs, graph_inputs, model, X0, y0)
-    outs, _ = _rewrite_checked(outs, graph_inputs, model, X0, y0, rewrites.solve_after_product)
+    outs, _ = _rewrite_checked(outs, graph_inputs, model, X0, y0, rewrites.gp_solves)
     outs = [pt.cast(o, "float64") for o in outs]
     inputs = list(model.value_vars) + inputs_extra
     with _quiet_rewrites():  # a broken model is reported once, below, not by every failed rewrite

@@ -16,9 +16,9 @@ off by a factor of 12-20) while the values look fine.
 ``sum((a_i - b_j)^2)``, which is exactly zero on the diagonal and has the exact gradient.
 The values are unchanged up to rounding; the user's model is not modified.
 
-``solve_after_product`` is for speed: a GP's predictive mean as PyMC writes it,
-``A = solve(L, K_xs); mu = A^T v``, solves against all m columns of K_xs (n^2 m work, n^3 for
-the mean at the n data points themselves) where ``K_xs^T solve(L^T, v)`` needs n^2.
+``gp_solves`` is for speed: a GP's predictive as PyMC writes it (``A = solve(L, K_xs)``, mean
+``A^T solve(L, y)``, covariance ``K_ss - A^T A``) becomes solves with K, whose X-derivatives
+reuse the factorisation instead of running a Cholesky's reverse pass.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import graph_replace
 from pytensor.graph.traversal import ancestors
-from pytensor.scalar.basic import Add, Clip, Mul
+from pytensor.scalar.basic import Add, Clip, Mul, Pow, Sqr
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.blockwise import Blockwise
-from pytensor.tensor.math import Dot
-from pytensor.tensor.slinalg import SolveTriangular
+from pytensor.tensor.math import Dot, Sum
+from pytensor.tensor.slinalg import Cholesky, SolveTriangular
 from pytensor.tensor.variable import TensorConstant
 
-__all__ = ["exact_distances", "expanded_square_distance", "solve_after_product"]
+__all__ = ["exact_distances", "expanded_square_distance", "gp_solves"]
 
 
 def _scalar_op(var: Variable):
@@ -103,16 +103,30 @@ def exact_distances(outputs: list[Variable]) -> tuple[list[Variable], int]:
     return list(graph_replace(list(outputs), replace, strict=False)), len(replace)
 
 
-def _triangular_solve(var: Variable):
-    """(L, B, lower) if ``var`` is a 2-D right-hand side triangular solve L^-1 B, else None."""
+def _core_op(var: Variable):
     node = var.owner
     if node is None:
         return None
-    op = node.op.core_op if isinstance(node.op, Blockwise) else node.op
-    if not isinstance(op, SolveTriangular) or op.unit_diagonal or op.b_ndim != 2 or var.ndim != 2:
+    return node.op.core_op if isinstance(node.op, Blockwise) else node.op
+
+
+def _triangular_solve(var: Variable):
+    """(L, B, lower) if ``var`` is L^-1 B, a triangular solve with B 2-D, or a solve with a vector
+    b made a column (solve(L, b)[:, None]; then B is the vector b), else None."""
+    column = var.ndim == 2 and var.owner is not None and isinstance(var.owner.op, DimShuffle) \
+        and tuple(var.owner.op.new_order) == (0, "x")
+    inner = var.owner.inputs[0] if column else var
+    op = _core_op(inner)
+    if not isinstance(op, SolveTriangular) or op.unit_diagonal or op.b_ndim != inner.ndim or var.ndim != 2:
         return None
-    L, B = node.inputs
+    L, B = inner.owner.inputs
     return (L, B, op.lower) if L.ndim == 2 else None
+
+
+def _lower_cholesky_of(L: Variable):
+    """K if L = cholesky(K) (lower triangular, L L^T = K), else None."""
+    op = _core_op(L)
+    return L.owner.inputs[0] if isinstance(op, Cholesky) and op.lower else None
 
 
 def _is_column(var: Variable) -> bool:
@@ -124,25 +138,72 @@ def _is_column(var: Variable) -> bool:
             and tuple(node.op.new_order) == (0, "x"))
 
 
-def solve_after_product(outputs: list[Variable]) -> tuple[list[Variable], int]:
-    """Replace every ``dot(solve(L, B)^T, x)`` with one column x by ``dot(B^T, solve(L^T, x))``:
-    the same value (up to rounding) for n^2 work instead of n^2 times B's columns. The solve of
-    all of B stays where something else still uses it. Returns the new outputs and the count."""
+def _solve_pos(K: Variable, B: Variable) -> Variable:
+    """K^-1 B for symmetric positive definite K: JAX's solve then reuses the factorisation for
+    the reverse pass (``lax.custom_linear_solve``), n^2 per column instead of a Cholesky's
+    reverse pass (n^3)."""
+    return pt.linalg.solve(K, B, assume_a="pos", lower=True, b_ndim=B.ndim)
+
+
+def _as_column(z: Variable, like: Variable) -> Variable:
+    return z[:, None] if like.ndim == 2 and z.ndim == 1 else z
+
+
+def gp_solves(outputs: list[Variable]) -> tuple[list[Variable], int]:
+    """Rewrite the triangular-solve products of a GP's predictive (``pm.gp.Marginal.predict``,
+    ``conditional``) into solves with the covariance K = L L^T:
+
+        solve(L, B)^T solve(L, C)  ->  B^T solve_pos(K, C)     (mean: C = y; covariance: C = B)
+        sum(solve(L, B)^2, axis=0) ->  sum(B * solve_pos(K, B), axis=0)   (diagonal variance)
+
+    The same values up to rounding. Cheaper both ways: a predictive mean at the n data points
+    solved all n columns of K_xs (n^3), and every X-derivative ran a Cholesky's reverse pass
+    (two n x n triangular solves and a product) where the solve's reverse pass reuses the
+    factorisation. Where L is not a Cholesky factor, ``solve(L, B)^T x`` with one column x still
+    becomes ``B^T solve(L^T, x)``. Returns the new outputs and how many products were replaced."""
     replace = {}
     for var in ancestors(outputs):
         node = var.owner
-        if node is None or not isinstance(node.op, Dot):
+        if node is None:
             continue
-        At, x = node.inputs
-        A = _transposed(At)
-        found = None if A is None else _triangular_solve(A)
-        if found is None or not _is_column(x):
-            continue
-        L, B, lower = found
-        v = x if x.ndim == 1 else x.owner.inputs[0]
-        z = pt.linalg.solve_triangular(L, v, lower=lower, trans=1, b_ndim=1)
-        z = z if x.ndim == 1 else z[:, None]
-        replace[var] = pt.dot(B.T, z).astype(var.dtype)
+        if isinstance(node.op, Dot):
+            At, C = node.inputs
+            A = _transposed(At)
+            left = None if A is None else _triangular_solve(A)
+            if left is None or left[2] is not True or _is_column(A):
+                continue
+            L, B, _ = left
+            right = _triangular_solve(C)
+            K = _lower_cholesky_of(L)
+            if K is not None and right is not None and right[0] is L and right[2] is True:
+                replace[var] = pt.dot(B.T, _as_column(_solve_pos(K, right[1]), C)).astype(var.dtype)
+            elif _is_column(C):
+                v = C if C.ndim == 1 else C.owner.inputs[0]
+                z = pt.linalg.solve_triangular(L, v, lower=True, trans=1, b_ndim=1)
+                replace[var] = pt.dot(B.T, _as_column(z, C)).astype(var.dtype)
+        elif _sum_of_squares_over_rows(var) is not None:
+            A = _sum_of_squares_over_rows(var)
+            found = _triangular_solve(A)
+            K = None if found is None or found[2] is not True else _lower_cholesky_of(found[0])
+            if K is not None and not _is_column(A):
+                B = found[1]
+                replace[var] = pt.sum(B * _solve_pos(K, B), axis=0).astype(var.dtype)
     if not replace:
         return list(outputs), 0
     return list(graph_replace(list(outputs), replace, strict=False)), len(replace)
+
+
+def _sum_of_squares_over_rows(var: Variable):
+    """A if ``var`` is sum(A ** 2, axis=0) for a 2-D A, else None."""
+    node = var.owner
+    if node is None or not isinstance(node.op, Sum) or tuple(node.op.axis or ()) != (0,):
+        return None
+    (sq,) = node.inputs
+    op = _scalar_op(sq)
+    if op is None or sq.ndim != 2:
+        return None
+    if isinstance(op, Sqr):
+        return sq.owner.inputs[0]
+    if isinstance(op, Pow) and _constant_value(sq.owner.inputs[1]) == 2.0:
+        return sq.owner.inputs[0]
+    return None
