@@ -113,8 +113,7 @@ def _core_op(var: Variable):
 def _triangular_solve(var: Variable):
     """(L, B, lower) if ``var`` is L^-1 B, a triangular solve with B 2-D, or a solve with a vector
     b made a column (solve(L, b)[:, None]; then B is the vector b), else None."""
-    column = var.ndim == 2 and var.owner is not None and isinstance(var.owner.op, DimShuffle) \
-        and tuple(var.owner.op.new_order) == (0, "x")
+    column = _is_column(var) and var.ndim == 2
     inner = var.owner.inputs[0] if column else var
     op = _core_op(inner)
     if not isinstance(op, SolveTriangular) or op.unit_diagonal or op.b_ndim != inner.ndim or var.ndim != 2:
@@ -135,7 +134,7 @@ def _is_column(var: Variable) -> bool:
         return True
     node = var.owner
     return (var.ndim == 2 and node is not None and isinstance(node.op, DimShuffle)
-            and tuple(node.op.new_order) == (0, "x"))
+            and tuple(node.op.new_order) == (0, "x") and node.inputs[0].ndim == 1)
 
 
 def _solve_pos(K: Variable, B: Variable) -> Variable:

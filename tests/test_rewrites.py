@@ -73,3 +73,18 @@ def test_gp_predictive_solves_keep_values_and_gradients(build, name):
         val_a, grad_a = jax.value_and_grad(lambda x: after(*theta, x)[0])(X)
         np.testing.assert_allclose(val_a, val_b, rtol=1e-8, atol=1e-12)
         np.testing.assert_allclose(grad_a, grad_b, rtol=1e-6, atol=1e-9 * float(np.abs(grad_b).max()))
+
+
+def test_a_column_product_with_a_non_cholesky_factor_solves_one_column():
+    """solve(L, B)^T c[:, None] for a triangular L that is not a Cholesky factor becomes
+    B^T solve(L^T, c): the same values (PyTensor's own evaluation)."""
+    import pytensor
+
+    L, B, c = pt.matrix("L"), pt.matrix("B"), pt.vector("c")
+    expr = pt.dot(pt.linalg.solve_triangular(L, B, lower=True).T, c[:, None])
+    (new,), count = rewrites.gp_solves([expr])
+    assert count == 1 and _wide_solves([new]) == 0
+    rng = np.random.default_rng(1)
+    args = (np.tril(rng.normal(size=(5, 5))) + 5 * np.eye(5), rng.normal(size=(5, 3)), rng.normal(size=5))
+    before, after = (pytensor.function([L, B, c], g)(*args) for g in (expr, new))
+    np.testing.assert_allclose(after, before, rtol=1e-12)

@@ -121,3 +121,15 @@ def test_without_the_rewrite_the_stock_gradient_is_wrong_and_the_self_check_says
     s, df = derivatives(jm, thetas)
     r = check_gradients(make_values(jm), jm, thetas, s, df, jm.X, jnp.asarray(jm.y), jax.random.PRNGKey(1), directions=2)
     assert r.problem is not None and "d log p / dX" in r.problem
+
+
+def test_a_non_finite_draw_does_not_switch_the_self_check_off():
+    """The same wrong derivative, with one more draw whose log density is not finite (a failed
+    factorisation gives NaN): that draw's comparisons are skipped, the others still flag it
+    (a NaN in the shared rounding floor once made every comparison pass)."""
+    jm = from_pymc(marginal(STOCK["matern52"][0], X1, Y1), "f", exact_distances=False)
+    thetas = thetas_for(jm, k=48)
+    thetas = np.concatenate([thetas, np.full((1, jm.ndim), np.nan)])
+    s, df = derivatives(jm, thetas)
+    r = check_gradients(make_values(jm), jm, thetas, s, df, jm.X, jnp.asarray(jm.y), jax.random.PRNGKey(1), directions=2)
+    assert r.problem is not None and "d log p / dX" in r.problem
