@@ -180,8 +180,7 @@ def gp_solves(outputs: list[Variable]) -> tuple[list[Variable], int]:
                 v = C if C.ndim == 1 else C.owner.inputs[0]
                 z = pt.linalg.solve_triangular(L, v, lower=True, trans=1, b_ndim=1)
                 replace[var] = pt.dot(B.T, _as_column(z, C)).astype(var.dtype)
-        elif _sum_of_squares_over_rows(var) is not None:
-            A = _sum_of_squares_over_rows(var)
+        elif (A := _sum_of_squares_over_rows(var)) is not None:
             found = _triangular_solve(A)
             K = None if found is None or found[2] is not True else _lower_cholesky_of(found[0])
             if K is not None and not _is_column(A):
