@@ -102,9 +102,31 @@ def stop_handler(exc_type):
 
     def handler(signum, frame):
         request_stop(exc_type)
+        _quiet_dropped_stops()
         raise exc_type()
 
     return handler
+
+
+def _quiet_dropped_stops() -> None:
+    """Route Python's "Exception ignored" reports through a filter that drops recorded stop
+    requests (once; the filter chains to the hook it replaces). A request raised inside a
+    garbage-collector callback is reported there with a traceback, to stderr, and lost; it is
+    recorded and raised again at the next checkpoint, so its report is noise that makes a
+    clean interrupt look like a crash."""
+    import sys
+
+    if getattr(sys.unraisablehook, "_placement", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(args):
+        if isinstance(args.exc_value, tuple(_PENDING)):
+            return
+        previous(args)
+
+    hook._placement = True
+    sys.unraisablehook = hook
 
 
 _on_sigint = stop_handler(KeyboardInterrupt)
