@@ -72,7 +72,10 @@ def make_laplace(logdensity: Callable, num_starts: int = 4, num_steps: int = 200
         starts = theta0[None, :] + jnp.concatenate(
             [jnp.zeros((1, p)), jax.random.uniform(key, (num_starts - 1, p), minval=-jitter, maxval=jitter)]
         )
-        ends = jax.vmap(one_start, in_axes=(0, None, None))(starts, X, y)
+        # one start after another (lax.map), not vmapped: a vmapped while loop runs every start
+        # for as many steps as the slowest needs, and the line search inside it takes both
+        # branches; at n = 500 the pilot took 9.3 s vmapped and 2.3 s in turn (one core)
+        ends = jax.lax.map(lambda s: one_start(s, X, y), starts)
         lps = jax.vmap(logdensity, in_axes=(0, None, None))(ends, X, y)
         lps = jnp.where(jnp.isfinite(lps), lps, -jnp.inf)
         best = jnp.argmax(lps)
