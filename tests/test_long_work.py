@@ -264,7 +264,9 @@ def _signal_mid_work(p, sig, prefix):
 LATENCY = 8.0
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+# Each command with one signal and each signal once (a real process costs ~17 s of the suite): both
+# signals reach the same recorded-stop path (budget.stop_handler); what differs is the exit code.
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143)])
 def test_suggest_stops_on_a_signal_mid_search_and_leaves_no_folder(tmp_path, sig, code):
     _frame(30).to_csv(tmp_path / "d.csv", index=False)
     out = tmp_path / "out"
@@ -282,7 +284,7 @@ ENDLESS_GRADIENT = ["gradient", "sampler.num_samples=2048", "sampler.adapt_sampl
                     "sampler.rel_se=1e-9", "sampler.max_draws=1000000000"]
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130)])
 def test_gradient_stops_on_a_signal_mid_work_and_leaves_no_folder(tmp_path, sig, code):
     out = tmp_path / "out"
     p = _start([*ENDLESS_GRADIENT, f"hydra.run.dir={out}"], tmp_path)
