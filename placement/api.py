@@ -280,7 +280,8 @@ def predictive_summary(engine: Engine, state, X, key, max_draws: int = 400):
     theta = jnp.asarray(sample.theta)
     W = engine.sample_weights(sample, X, y)
     idx = np.random.default_rng(0).choice(len(theta), size=min(max_draws, len(theta)), p=W)
-    ex = jax.vmap(lambda t: jm.extras(t, jnp.asarray(X), jnp.asarray(y)))(theta[idx])
+    # jitted: run eagerly, every operation of the predictive compiled a program of its own (~2-4 s)
+    ex = jax.jit(jax.vmap(jm.extras, in_axes=(0, None, None)))(theta[idx], jnp.asarray(X), None if y is None else jnp.asarray(y))
     if "pred_mu" not in ex or "pred_var" not in ex:
         return None
     mu, var = np.asarray(ex["pred_mu"]), np.asarray(ex["pred_var"])

@@ -64,20 +64,27 @@ def make_derivatives(jm: JaxModel) -> Callable:
     return derivs
 
 
+def _host_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key (jax.random.normal compiled a program per shape)."""
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    return np.random.default_rng(np.asarray(data, dtype=np.uint32).ravel().tolist())
+
+
 def check_gradients(values: Callable, jm: JaxModel, thetas, s, df, X, y, key, directions: int = 3) -> CheckResult:
     """Compare the derivatives ``s`` = d log p/dX and ``df`` = df/dX (each (k, *X), at
     ``thetas`` (k, p)) with finite differences of ``values`` along random directions."""
-    X = jnp.asarray(X)
-    thetas = jnp.asarray(thetas)
+    # host-side arrays (NumPy): each eager jnp operation compiled a small program of its own
+    X = np.asarray(X, dtype=np.float64)
+    thetas = np.asarray(thetas, dtype=np.float64)
     k, m = thetas.shape[0], directions
-    V = jax.random.normal(key, (m,) + X.shape)
-    V = V / jnp.sqrt(jnp.sum(V**2, axis=tuple(range(1, V.ndim)), keepdims=True))
-    h = 1e-5 * (float(np.std(np.asarray(X))) or 1.0)  # small: non-smooth kernels (Matern12) near close pairs
-    steps = jnp.asarray([h, -h, h / 2, -h / 2, 0.0])
+    V = _host_rng(key).standard_normal((m,) + X.shape)
+    V = V / np.sqrt(np.sum(V**2, axis=tuple(range(1, V.ndim)), keepdims=True))
+    h = 1e-5 * (float(np.std(X)) or 1.0)  # small: non-smooth kernels (Matern12) near close pairs
+    steps = np.asarray([h, -h, h / 2, -h / 2, 0.0])
     # every (draw, direction, step) combination as one batch: (k, m, 5)
     Xs = X[None, None, None] + steps[None, None, :, *([None] * X.ndim)] * V[None, :, None]
-    Xs = jnp.broadcast_to(Xs, (k, m, 5) + X.shape).reshape((k * m * 5,) + X.shape)
-    T = jnp.broadcast_to(thetas[:, None, None, :], (k, m, 5, thetas.shape[1])).reshape(k * m * 5, -1)
+    Xs = np.broadcast_to(Xs, (k, m, 5) + X.shape).reshape((k * m * 5,) + X.shape)
+    T = np.broadcast_to(thetas[:, None, None, :], (k, m, 5, thetas.shape[1])).reshape(k * m * 5, -1)
     vals = np.asarray(values(T, Xs, y)).reshape(k, m, 5, 2).transpose(3, 0, 1, 2)  # (2, k, m, 5)
     d1 = (vals[..., 0] - vals[..., 1]) / (2 * h)
     d2 = (vals[..., 2] - vals[..., 3]) / h
