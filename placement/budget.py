@@ -112,8 +112,9 @@ def _quiet_dropped_stops() -> None:
     """Route Python's "Exception ignored" reports through a filter that drops recorded stop
     requests (once; the filter chains to the hook it replaces). A request raised inside a
     garbage-collector callback is reported there with a traceback, to stderr, and lost; it is
-    recorded and raised again at the next checkpoint, so its report is noise that makes a
-    clean interrupt look like a crash."""
+    recorded and raised again at the next checkpoint (or, when it comes after the last one, the
+    command's output is already complete), so its report is noise that makes a clean interrupt
+    look like a crash."""
     import sys
 
     if getattr(sys.unraisablehook, "_placement", False):
