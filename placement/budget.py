@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -115,8 +116,6 @@ def _quiet_dropped_stops() -> None:
     recorded and raised again at the next checkpoint (or, when it comes after the last one, the
     command's output is already complete), so its report is noise that makes a clean interrupt
     look like a crash."""
-    import sys
-
     if getattr(sys.unraisablehook, "_placement", False):
         return
     previous = sys.unraisablehook

@@ -124,7 +124,7 @@ def _quiet_rewrites():
 def _jaxify_each(inputs, outputs) -> list[Callable]:
     """One JAX function per output, as ``get_jaxified_graph(inputs, [output])`` gives, from one
     pass of PyTensor's JAX rewrites over all outputs together (log p, the likelihood and f share
-    most of a GP's graph; rewriting them one by one was a third of an export, about 1 s)."""
+    most of a GP's graph; one pass each cost about 0.3 s more per export on the seed GP)."""
     from pytensor.compile.mode import JAX
     from pytensor.graph.fg import FunctionGraph
     from pytensor.link.jax.dispatch import jax_funcify
