@@ -17,8 +17,9 @@ off by a factor of 12-20) while the values look fine.
 The values are unchanged up to rounding; the user's model is not modified.
 
 ``gp_solves`` is for speed: a GP's predictive as PyMC writes it (``A = solve(L, K_xs)``, mean
-``A^T solve(L, y)``, covariance ``K_ss - A^T A``) becomes solves with K, whose X-derivatives
-reuse the factorisation instead of running a Cholesky's reverse pass.
+``A^T solve(L, y)``, covariance ``K_ss - A^T A``) and a multivariate normal's log density
+(``sum(solve(L, y - mu)^2)``, ``sum(log(diag(L)))``) become solves with K and a log-determinant
+of K, whose X-derivatives reuse the factorisation instead of running a Cholesky's reverse pass.
 """
 
 from __future__ import annotations
@@ -28,12 +29,15 @@ import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import graph_replace
 from pytensor.graph.traversal import ancestors
-from pytensor.scalar.basic import Add, Clip, Mul, Pow, Sqr
+from pytensor.scalar.basic import Add, Clip, Log, Mul, Pow, Sqr
+from pytensor.tensor.basic import ExtractDiag
 from pytensor.tensor.elemwise import DimShuffle, Elemwise
 from pytensor.tensor.blockwise import Blockwise
 from pytensor.tensor.math import Dot, Sum
 from pytensor.tensor.slinalg import Cholesky, SolveTriangular
 from pytensor.tensor.variable import TensorConstant
+
+from placement.posdef import logdet_pos
 
 __all__ = ["exact_distances", "expanded_square_distance", "gp_solves"]
 
@@ -154,6 +158,8 @@ def gp_solves(outputs: list[Variable]) -> tuple[list[Variable], int]:
 
         solve(L, B)^T solve(L, C)  ->  B^T solve_pos(K, C)     (mean: C = y; covariance: C = B)
         sum(solve(L, B)^2, axis=0) ->  sum(B * solve_pos(K, B), axis=0)   (diagonal variance)
+        sum(solve(L, b)^2, axis=-1) -> sum(b * solve_pos(K, b), axis=-1)  (normal's quadratic form)
+        sum(log(diag(L)))          ->  logdet_pos(K) / 2                    (normal's log-determinant)
 
     The same values up to rounding. Cheaper both ways: a predictive mean at the n data points
     solved all n columns of K_xs (n^3), and every X-derivative ran a Cholesky's reverse pass
@@ -186,6 +192,12 @@ def gp_solves(outputs: list[Variable]) -> tuple[list[Variable], int]:
             if K is not None and not _is_column(A):
                 B = found[1]
                 replace[var] = pt.sum(B * _solve_pos(K, B), axis=0).astype(var.dtype)
+        elif (found := _quadratic_form(var)) is not None:
+            K, b = found
+            replace[var] = _quadratic_pos(K, b).astype(var.dtype)
+        elif (K := _half_logdet_of(var)) is not None:
+            half = 0.5 * logdet_pos(K)
+            replace[var] = (pt.reshape(half, (1,) * var.ndim) if var.ndim else half).astype(var.dtype)
     if not replace:
         return list(outputs), 0
     return list(graph_replace(list(outputs), replace, strict=False)), len(replace)
@@ -205,3 +217,75 @@ def _sum_of_squares_over_rows(var: Variable):
     if isinstance(op, Pow) and _constant_value(sq.owner.inputs[1]) == 2.0:
         return sq.owner.inputs[0]
     return None
+
+
+def _is_square(var: Variable) -> bool:
+    """True for var ** 2 or sqr(var) (elementwise)."""
+    op = _scalar_op(var)
+    return isinstance(op, Sqr) or (isinstance(op, Pow) and _constant_value(var.owner.inputs[1]) == 2.0)
+
+
+def _cholesky_matrix(L: Variable):
+    """The 2-D K if L = cholesky(K) lower, where L and K may carry leading axes of length 1
+    (one matrix broadcast over a batch), else None."""
+    while L.ndim > 2 and L.owner is not None and isinstance(L.owner.op, DimShuffle) \
+            and L.owner.op.augment == list(range(L.ndim - L.owner.inputs[0].ndim)):
+        L = L.owner.inputs[0]
+    K = _lower_cholesky_of(L)
+    if K is None or K.ndim < 2 or any(s != 1 for s in K.type.shape[:-2]):
+        return None
+    return K if K.ndim == 2 else pt.reshape(K, K.shape[-2:], ndim=2)
+
+
+def _quadratic_form(var: Variable):
+    """(K, b) if ``var`` is sum(solve(L, b)^2) over the last axis, L = cholesky(K) lower and b a
+    vector or a batch of vectors (``solve_triangular(..., b_ndim=1)``, one K for the whole
+    batch), else None: the quadratic form b^T K^-1 b of a multivariate normal."""
+    node = var.owner
+    if node is None or not isinstance(node.op, Sum):
+        return None
+    (sq,) = node.inputs
+    if sq.ndim == 0 or not _is_square(sq):
+        return None
+    axes = tuple(range(sq.ndim)) if node.op.axis is None else tuple(a % sq.ndim for a in node.op.axis)
+    if axes != (sq.ndim - 1,):
+        return None
+    z = sq.owner.inputs[0]
+    op = _core_op(z)
+    if not isinstance(op, SolveTriangular) or op.unit_diagonal or not op.lower or op.b_ndim != 1:
+        return None
+    L, b = z.owner.inputs
+    K = _cholesky_matrix(L)
+    if K is None or b.ndim != z.ndim:
+        return None
+    return K, b
+
+
+def _quadratic_pos(K: Variable, b: Variable) -> Variable:
+    """sum(b * K^-1 b, axis=-1) for b of shape (..., n), by one solve with all vectors as columns."""
+    if b.ndim == 1:
+        return pt.dot(b, _solve_pos(K, b))
+    B = pt.reshape(b, (-1, b.shape[-1])).T
+    return pt.reshape(pt.sum(B * _solve_pos(K, B), axis=0), b.shape[:-1])
+
+
+def _half_logdet_of(var: Variable):
+    """K (2-D) if ``var`` is sum(log(diag(L))) over the diagonal with L = cholesky(K) lower (one
+    matrix, possibly with leading axes of length 1), else None."""
+    node = var.owner
+    if node is None or not isinstance(node.op, Sum):
+        return None
+    (lg,) = node.inputs
+    if lg.ndim == 0 or not isinstance(_scalar_op(lg), Log):
+        return None
+    axes = tuple(range(lg.ndim)) if node.op.axis is None else tuple(a % lg.ndim for a in node.op.axis)
+    if axes != (lg.ndim - 1,):
+        return None
+    diag = lg.owner.inputs[0]
+    dnode = diag.owner
+    if dnode is None or not isinstance(dnode.op, ExtractDiag) or dnode.op.offset != 0:
+        return None
+    L = dnode.inputs[0]
+    if {dnode.op.axis1, dnode.op.axis2} != {L.ndim - 2, L.ndim - 1}:
+        return None
+    return _cholesky_matrix(L)
