@@ -44,7 +44,8 @@ def _logdet_pos_jvp(primals, tangents):
 
 class LogDetPos(Op):
     """log |K| of a symmetric positive definite 2-D K (a scalar; NaN when K is not positive
-    definite). Its gradient is K^-1 (symmetric)."""
+    definite), from K's lower triangle. In JAX (``logdet_pos_jax``) its derivative is tr(K^-1 dK)
+    with dK symmetrised, as JAX's own Cholesky treats it."""
 
     __props__ = ()
 
@@ -67,9 +68,11 @@ class LogDetPos(Op):
         return [()]
 
     def L_op(self, inputs, outputs, output_grads):
+        """The gradient of ``perform``, which reads the lower triangle: K^-1 on the diagonal,
+        2 K^-1 below it, 0 above (PyTensor's own Cholesky gradient has the same form)."""
         (K,), (g,) = inputs, output_grads
         Kinv = pt.linalg.solve(K, pt.eye(K.shape[0], dtype=K.dtype), assume_a="pos", lower=True)
-        return [g * Kinv]
+        return [g * (2.0 * pt.tril(Kinv, -1) + pt.diag(pt.diagonal(Kinv)))]
 
 
 logdet_pos = LogDetPos()

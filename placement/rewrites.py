@@ -228,9 +228,11 @@ def _is_square(var: Variable) -> bool:
 def _cholesky_matrix(L: Variable):
     """The 2-D K if L = cholesky(K) lower, where L and K may carry leading axes of length 1
     (one matrix broadcast over a batch), else None."""
-    while L.ndim > 2 and L.owner is not None and isinstance(L.owner.op, DimShuffle) \
-            and L.owner.op.augment == list(range(L.ndim - L.owner.inputs[0].ndim)):
-        L = L.owner.inputs[0]
+    while L.ndim > 2 and L.owner is not None and isinstance(L.owner.op, DimShuffle):
+        inner = L.owner.inputs[0]  # strip only L[None, ...]: leading new axes, the rest in order
+        if tuple(L.owner.op.new_order) != ("x",) * (L.ndim - inner.ndim) + tuple(range(inner.ndim)):
+            break
+        L = inner
     K = _lower_cholesky_of(L)
     if K is None or K.ndim < 2 or any(s != 1 for s in K.type.shape[:-2]):
         return None
@@ -256,7 +258,7 @@ def _quadratic_form(var: Variable):
         return None
     L, b = z.owner.inputs
     K = _cholesky_matrix(L)
-    if K is None or b.ndim != z.ndim:
+    if K is None or b.ndim != z.ndim or z.ndim != sq.ndim:
         return None
     return K, b
 

@@ -169,5 +169,32 @@ def test_logdet_pos_has_the_exact_derivative_and_rejects_indefinite_matrices():
     fn = pytensor.function([M], [logdet_pos(M), pytensor.grad(logdet_pos(M), M)])
     value, grad = fn(K)
     np.testing.assert_allclose(value, np.linalg.slogdet(K)[1], rtol=1e-13)
-    np.testing.assert_allclose(grad, np.linalg.inv(K), rtol=1e-10, atol=1e-13)
+    lower = 2 * np.tril(np.linalg.inv(K), -1) + np.diag(np.diag(np.linalg.inv(K)))  # perform reads one triangle
+    np.testing.assert_allclose(grad, lower, rtol=1e-10, atol=1e-13)
     assert np.isnan(fn(bad)[0])
+
+
+def test_only_the_identities_are_rewritten():
+    """A leading broadcast of one K is rewritten (same values); an upper factor, a transposed or
+    permuted factor, a unit-diagonal solve and a sum over the wrong axis are left alone."""
+    import pytensor
+
+    K, b = pt.tensor("K", shape=(1, 4, 4)), pt.matrix("b")
+    L = pt.linalg.cholesky(K, lower=True)
+    quad = lambda F, **kw: pt.sum(pt.linalg.solve_triangular(F, b, b_ndim=1, **kw) ** 2, axis=-1)  # noqa: E731
+    half_logdet = lambda F: pt.sum(pt.log(pt.diagonal(F, axis1=-2, axis2=-1)), axis=-1)  # noqa: E731
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(4, 4))
+    args = ((A @ A.T + 4 * np.eye(4))[None], rng.normal(size=(3, 4)))
+    L2 = pt.linalg.cholesky(K[0], lower=True)  # one 2-D factor broadcast over the rows
+    for expr in (quad(L, lower=True), half_logdet(L), quad(L2[None], lower=True), half_logdet(L2)):
+        (new,), count = rewrites.gp_solves([expr])
+        assert count == 1
+        before, after = (pytensor.function([K, b], g, on_unused_input="ignore")(*args) for g in (expr, new))
+        np.testing.assert_allclose(after, before, rtol=1e-12)
+    U = pt.linalg.cholesky(K, lower=False)
+    left_alone = [quad(U, lower=False), half_logdet(U), quad(L.mT, lower=True), quad(L2.T[None], lower=True),
+                  quad(L, lower=True, unit_diagonal=True), half_logdet(L.dimshuffle(1, 0, 2)),
+                  pt.sum(pt.linalg.solve_triangular(L, b, lower=True, b_ndim=1) ** 2, axis=0)]
+    for expr in left_alone:
+        assert rewrites.gp_solves([expr])[1] == 0
