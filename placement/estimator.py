@@ -25,7 +25,7 @@ from blackjax import diagnostics as bjd
 
 from placement import budget, memory, samplers
 from placement.errors import PlacementError
-from placement.model import JaxModel
+from placement.model import JaxModel, paired
 
 Array = jax.Array
 
@@ -122,9 +122,23 @@ class Plan(NamedTuple):
 
 
 def _one_terms(jm: JaxModel) -> Callable:
+    """One draw's (log p, f, df/dX, d log p/dX). With the model's joint function (``model.paired``)
+    the forward pass, where a GP factorises its covariance, runs once for both derivatives (two
+    reverse passes from one linearisation)."""
+    pair = paired(jm)
+    if pair is None:
+        def one(theta, X, y):
+            logp, s = jax.value_and_grad(jm.logdensity, argnums=1)(theta, X, y)
+            f, df = jax.value_and_grad(jm.objective, argnums=1)(theta, X, y)
+            return logp, f, df, s
+
+        return one
+
     def one(theta, X, y):
-        logp, s = jax.value_and_grad(jm.logdensity, argnums=1)(theta, X, y)
-        f, df = jax.value_and_grad(jm.objective, argnums=1)(theta, X, y)
+        (logp, f), lin = jax.linearize(lambda x: pair(theta, x, y), X)
+        # one transpose per output: each reverse pass runs only its own output's branch
+        (s,) = jax.linear_transpose(lambda t: lin(t)[0], X)(jnp.ones_like(logp))
+        (df,) = jax.linear_transpose(lambda t: lin(t)[1], X)(jnp.ones_like(f))
         return logp, f, df, s
 
     return one

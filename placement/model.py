@@ -63,6 +63,9 @@ class JaxModel:
     extras: Callable[[Array, Array, Array], dict] | None = None
     y_of: Callable[[Array], Array] | None = None  # y as a function of X (simulator problems)
     distances_rewritten: int = 0  # stock-kernel distance sub-graphs made exact at export
+    # (theta, X, y) -> (log density, objective) from one graph: what the two share (a GP's
+    # covariance and its factorisation) is computed once; use it through ``paired(jm)``
+    logdensity_and_objective: Callable[[Array, Array, Array], tuple] | None = None
 
     def y_at(self, X):
         """The observed data that go with design X."""
@@ -71,6 +74,16 @@ class JaxModel:
     @property
     def ndim(self) -> int:
         return len(self.initial_point)
+
+
+def paired(jm: JaxModel) -> Callable | None:
+    """``jm.logdensity_and_objective`` if it was exported together with ``jm``'s own log density
+    and objective, else None (a model whose functions were replaced, e.g. by
+    ``dataclasses.replace``, must not use a pair that computes the old ones)."""
+    fn = jm.logdensity_and_objective
+    if fn is None or getattr(fn, "parts", None) != (jm.logdensity, jm.objective):
+        return None
+    return fn
 
 
 def _named_containers(model: pm.Model) -> list[str]:
@@ -121,17 +134,20 @@ def _quiet_rewrites():
         logger.setLevel(level)
 
 
-def _jaxify_each(inputs, outputs) -> list[Callable]:
-    """One JAX function per output, as ``get_jaxified_graph(inputs, [output])`` gives, from one
-    pass of PyTensor's JAX rewrites over all outputs together (log p, the likelihood and f share
-    most of a GP's graph; one pass each cost about 0.3 s more per export on the seed GP)."""
+def _jaxify_each(inputs, outputs, groups) -> list[Callable]:
+    """One JAX function per group of output indices (``get_jaxified_graph(inputs, [outputs[i] for
+    i in group])``), from one pass of PyTensor's JAX rewrites over all outputs together (log p, the
+    likelihood and f share most of a GP's graph; one pass each cost about 0.3 s more per export on
+    the seed GP)."""
     from pytensor.compile.mode import JAX
     from pytensor.graph.fg import FunctionGraph
     from pytensor.link.jax.dispatch import jax_funcify
 
     fgraph = FunctionGraph(inputs=inputs, outputs=_replace_shared_variables(outputs), clone=True)
-    JAX.optimizer.rewrite(fgraph)
-    return [jax_funcify(FunctionGraph(inputs=fgraph.inputs, outputs=[o], clone=True)) for o in fgraph.outputs]
+    # JAX mode's rewrites, plus one covariance where PyMC built it twice (rewrites.SharedSums)
+    JAX.including(rewrites.shared_sums_tag()).optimizer.rewrite(fgraph)
+    outs = fgraph.outputs
+    return [jax_funcify(FunctionGraph(inputs=fgraph.inputs, outputs=[outs[i] for i in g], clone=True)) for g in groups]
 
 
 def _rewrite_checked(outs, inputs, model, X0, y0):
@@ -226,7 +242,7 @@ def from_pymc(
     outs = [pt.cast(o, "float64") for o in outs]
     inputs = list(model.value_vars) + inputs_extra
     with _quiet_rewrites():  # a broken model is reported once, below, not by every failed rewrite
-        fns = _jaxify_each(inputs, outs)
+        fns = _jaxify_each(inputs, outs, [(0,), (1,), (2,), (0, 2)])
 
     names, shapes, sizes, flat0 = _flat_layout(model)
     offsets = np.cumsum([0] + sizes)
@@ -240,6 +256,13 @@ def from_pymc(
         def call(theta, X, y=None):
             args = unflatten(theta) + [X] + ([y] if has_y else [])
             return jnp.asarray(fn(*args)[0], dtype=jnp.float64).reshape(())
+
+        return call
+
+    def wrap_pair(fn):
+        def call(theta, X, y=None):
+            args = unflatten(theta) + [X] + ([y] if has_y else [])
+            return tuple(jnp.asarray(v, dtype=jnp.float64).reshape(()) for v in fn(*args))
 
         return call
 
@@ -283,10 +306,14 @@ def from_pymc(
             f"{'' if y0 is None else f' {observed!r} (shape {y0.shape})'} describe the same points."
         ) from None
 
+    objective_fn = wrap(fns[2])
+    pair = wrap_pair(fns[3])
+    pair.parts = (logdensity, objective_fn)  # see ``paired``
     return JaxModel(
         logdensity=logdensity,
         loglik=wrap(fns[1]),
-        objective=wrap(fns[2]),
+        objective=objective_fn,
+        logdensity_and_objective=pair,
         constrain=constrain,
         X=X0,
         y=y0,

@@ -476,8 +476,14 @@ def linearised(jm, y_shape: tuple):
 
         return call
 
-    return dataclasses.replace(jm, logdensity=wrap(jm.logdensity), loglik=wrap(jm.loglik),
-                               objective=wrap(jm.objective), extras=None if jm.extras is None else wrap(jm.extras),
+    from placement.model import paired
+
+    logdensity, objective, pair = wrap(jm.logdensity), wrap(jm.objective), paired(jm)
+    if pair is not None:
+        pair = wrap(pair)
+        pair.parts = (logdensity, objective)  # the pair of the linearised functions (model.paired)
+    return dataclasses.replace(jm, logdensity=logdensity, loglik=wrap(jm.loglik), objective=objective,
+                               logdensity_and_objective=pair, extras=None if jm.extras is None else wrap(jm.extras),
                                y_of=None)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
 from pytensor.graph.replace import graph_replace
+from pytensor.graph.rewriting.basic import GraphRewriter
 from pytensor.graph.traversal import ancestors
 from pytensor.scalar.basic import Add, Clip, Log, Mul, Pow, Sqr
 from pytensor.tensor.basic import ExtractDiag
@@ -291,3 +292,82 @@ def _half_logdet_of(var: Variable):
     if {dnode.op.axis1, dnode.op.axis2} != {L.ndim - 2, L.ndim - 1}:
         return None
     return _cholesky_matrix(L)
+
+
+# -- one copy of each covariance -----------------------------------------------------------------
+def _same_computation(a: Variable, b: Variable, memo: dict) -> bool:
+    """True if ``a`` and ``b`` compute the same thing by construction: the same variable, equal
+    constants, or the same output of equal ops applied to inputs that are (recursively) the same."""
+    if a is b:
+        return True
+    key = (id(a), id(b))
+    if key in memo:
+        return memo[key]
+    if a.type != b.type:
+        same = False
+    elif isinstance(a, TensorConstant) and isinstance(b, TensorConstant):
+        same = bool(np.array_equal(a.data, b.data))
+    elif a.owner is None or b.owner is None:
+        same = False
+    else:
+        na, nb = a.owner, b.owner
+        same = (na.op == nb.op and na.outputs.index(a) == nb.outputs.index(b) and len(na.inputs) == len(nb.inputs)
+                and all(_same_computation(x, y, memo) for x, y in zip(na.inputs, nb.inputs)))
+    memo[key] = same
+    return same
+
+
+def _same_terms(a, b, memo) -> bool:
+    """The inputs of two sums are the same terms in some order."""
+    if len(a.inputs) != len(b.inputs):
+        return False
+    left = list(a.inputs)
+    for y in b.inputs:
+        match = next((i for i, x in enumerate(left) if _same_computation(x, y, memo)), None)
+        if match is None:
+            return False
+        left.pop(match)
+    return True
+
+
+class SharedSums(GraphRewriter):
+    """One node for sums of the same matrices in another order.
+
+    PyMC builds a GP's data covariance twice, for the likelihood and for the predictive, adding
+    the noise and the jitter in different orders (after PyTensor flattens nested sums:
+    ``add(k, jitter, noise)`` and ``add(k, noise, jitter)``, whose noise terms are also built
+    twice), so the compiled program factorised the same matrix twice. Here the second sum is
+    replaced by the first when its terms are the same computations (checked on the graph, not on
+    values: equal ops on the same inputs, recursively); XLA then factorises once. Only the
+    rounding of the summation order changes."""
+
+    def apply(self, fgraph):
+        memo: dict = {}
+        kept: list = []
+        for node in list(fgraph.toposort()):
+            if node not in fgraph.apply_nodes or not isinstance(node.op, Elemwise) or not isinstance(node.op.scalar_op, Add):
+                continue
+            if node.outputs[0].ndim < 2 or len(node.inputs) < 2:
+                continue
+            out = node.outputs[0]
+            twin = next((k for k in kept if k.op == node.op and k.outputs[0].type == out.type and _same_terms(k, node, memo)), None)
+            if twin is None:
+                kept.append(node)
+            else:
+                fgraph.replace(out, twin.outputs[0], reason="shared_sums")
+
+
+SHARED_SUMS = "placement_shared_sums"  # the query tag; the rewrite is registered as "placement_sharedsums"
+_registered: list = []
+
+
+def shared_sums_tag() -> str:
+    """Register ``SharedSums`` in PyTensor's rewrite database (once), after the sums are flattened
+    (position 48) and before elementwise fusion (49), under a tag of its own: only queries that
+    include the tag run it (placement's export). Returns the tag."""
+    from pytensor.compile import optdb
+
+    if not _registered:
+        optdb.register("placement_sharedsums", SharedSums(), SHARED_SUMS, position=48.6)
+        _registered.append(True)
+    return SHARED_SUMS

@@ -79,3 +79,35 @@ def test_builder_module_in_the_working_folder_is_found(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(tmp_path))])
     assert load_builder("builder_in_cwd_xyz:build_model")() == 42
+
+
+def test_the_joint_terms_equal_separate_derivatives_and_are_not_used_once_replaced(seed_jm):
+    """A draw's terms from the joint (log p, f) function (one forward pass, two reverse passes)
+    equal the separate value-and-gradients of log p and f; a model whose objective was replaced
+    does not use the stale pair (``paired`` is None) and gets the new objective's derivative."""
+    import dataclasses
+
+    import jax
+
+    from placement import estimator
+    from placement.model import paired
+
+    jm = seed_jm
+    assert paired(jm) is not None
+    rng = np.random.default_rng(5)
+    X, y = jnp.asarray(jm.X), jnp.asarray(jm.y)
+    separate = dataclasses.replace(jm, logdensity_and_objective=None)
+    for _ in range(3):
+        theta = jnp.asarray(jm.initial_point + 0.3 * rng.normal(size=jm.ndim))
+        Xd = X + 0.2 * jnp.asarray(rng.normal(size=X.shape))
+        joint = estimator._one_terms(jm)(theta, Xd, y)
+        apart = estimator._one_terms(separate)(theta, Xd, y)
+        for a, b in zip(joint, apart):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * float(np.max(np.abs(b))))
+    doubled = dataclasses.replace(jm, objective=lambda t, x, yy=None: 2.0 * jm.objective(t, x, yy))
+    assert paired(doubled) is None
+    theta = jnp.asarray(jm.initial_point)
+    _, f2, df2, _ = estimator._one_terms(doubled)(theta, X, y)
+    _, f1, df1, _ = estimator._one_terms(jm)(theta, X, y)
+    np.testing.assert_allclose([f2, *np.ravel(df2)], [2 * f1, *np.ravel(2 * df1)], rtol=1e-12)
+    assert jax.tree_util.tree_structure(joint) == jax.tree_util.tree_structure(apart)

@@ -198,3 +198,36 @@ def test_only_the_identities_are_rewritten():
                   pt.sum(pt.linalg.solve_triangular(L, b, lower=True, b_ndim=1) ** 2, axis=0)]
     for expr in left_alone:
         assert rewrites.gp_solves([expr])[1] == 0
+
+
+def test_sums_of_the_same_terms_share_one_node_and_others_do_not():
+    """SharedSums (in the export's rewrite pass) replaces a sum whose terms are the same
+    computations in another order, one of them built again, by the first sum; a sum with one
+    different term stays. The values are unchanged."""
+    from pytensor.compile.mode import JAX
+    from pytensor.graph.fg import FunctionGraph
+    from pytensor.link.jax.dispatch import jax_funcify
+
+    a, s1, s2 = pt.matrix("a"), pt.scalar("s1"), pt.scalar("s2")
+    first = a + s1**2 * pt.eye(3) + 1e-6 * pt.eye(3)
+    again = (a + 1e-6 * pt.eye(3)) + s1**2 * pt.eye(3)  # the same terms, built again, in another order
+    other = (a + 1e-6 * pt.eye(3)) + s2**2 * pt.eye(3)
+    fg = FunctionGraph([a, s1, s2], [first, again, other], clone=True)
+    JAX.including(rewrites.shared_sums_tag()).optimizer.rewrite(fg)
+    assert fg.outputs[0] is fg.outputs[1] and fg.outputs[2] is not fg.outputs[0]
+    args = (np.arange(9.0).reshape(3, 3), 0.5, 0.7)
+    before = get_jaxified_graph(inputs=[a, s1, s2], outputs=[first, again, other])(*args)
+    for x, y in zip(jax_funcify(fg)(*args), before):
+        np.testing.assert_allclose(x, y, rtol=1e-15)
+
+
+def test_an_exported_gp_factorises_its_covariance_once_per_draw():
+    """The seed GP's log density and objective (integrated variance) build the data covariance
+    separately in PyMC; compiled together for a draw's terms, the program has one Cholesky."""
+    from placement.estimator import _one_terms
+    from placement.model import from_pymc
+
+    jm = from_pymc(seed_gp(n=N), "integrated_variance")
+    X, y, theta = jnp.asarray(jm.X), jnp.asarray(jm.y), jnp.asarray(jm.initial_point)
+    text = jax.jit(lambda t: _one_terms(jm)(t, X, y)).lower(theta).compile().as_text()
+    assert text.count('custom_call_target="lapack_dpotrf') == 1
