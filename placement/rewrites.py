@@ -24,6 +24,8 @@ of K, whose X-derivatives reuse the factorisation instead of running a Cholesky'
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.graph.basic import Variable
@@ -295,70 +297,51 @@ def _half_logdet_of(var: Variable):
 
 
 # -- one copy of each covariance -----------------------------------------------------------------
-def _same_computation(a: Variable, b: Variable, memo: dict) -> bool:
-    """True if ``a`` and ``b`` compute the same thing by construction: the same variable, equal
-    constants, or the same output of equal ops applied to inputs that are (recursively) the same."""
-    if a is b:
-        return True
-    key = (id(a), id(b))
-    if key in memo:
-        return memo[key]
-    if a.type != b.type:
-        same = False
-    elif isinstance(a, TensorConstant) and isinstance(b, TensorConstant):
-        same = bool(np.array_equal(a.data, b.data))
-    elif a.owner is None or b.owner is None:
-        same = False
-    else:
-        na, nb = a.owner, b.owner
-        same = (na.op == nb.op and na.outputs.index(a) == nb.outputs.index(b) and len(na.inputs) == len(nb.inputs)
-                and all(_same_computation(x, y, memo) for x, y in zip(na.inputs, nb.inputs)))
-    memo[key] = same
-    return same
-
-
-def _same_terms(a, b, memo) -> bool:
-    """The inputs of two sums are the same terms in some order."""
-    if len(a.inputs) != len(b.inputs):
-        return False
-    left = list(a.inputs)
-    for y in b.inputs:
-        match = next((i for i, x in enumerate(left) if _same_computation(x, y, memo)), None)
-        if match is None:
-            return False
-        left.pop(match)
-    return True
-
-
 class SharedSums(GraphRewriter):
     """One node for sums of the same matrices in another order.
 
     PyMC builds a GP's data covariance twice, for the likelihood and for the predictive, adding
     the noise and the jitter in different orders (after PyTensor flattens nested sums:
     ``add(k, jitter, noise)`` and ``add(k, noise, jitter)``, whose noise terms are also built
-    twice), so the compiled program factorised the same matrix twice. Here the second sum is
-    replaced by the first when its terms are the same computations (checked on the graph, not on
-    values: equal ops on the same inputs, recursively); XLA then factorises once. Only the
+    twice), so the compiled program factorised the same matrix twice. Here a sum (of matrices or
+    larger) is replaced by an earlier one when its terms are the same computations in some order.
+    That is proved on the graph, not on values: one pass in topological order numbers every
+    variable by (op, output, the numbers of its inputs, type), with a sum's input numbers sorted,
+    constants by value and graph inputs by identity; equal numbers are equal computations, as
+    PyTensor's own merge decides, plus commutativity of the sum. XLA then factorises once. Only the
     rounding of the summation order changes."""
 
     def apply(self, fgraph):
-        memo: dict = {}
-        kept: list = []
-        for node in list(fgraph.toposort()):
-            if node not in fgraph.apply_nodes or not isinstance(node.op, Elemwise) or not isinstance(node.op.scalar_op, Add):
-                continue
-            if node.outputs[0].ndim < 2 or len(node.inputs) < 2:
-                continue
-            out = node.outputs[0]
-            twin = next((k for k in kept if k.op == node.op and k.outputs[0].type == out.type and _same_terms(k, node, memo)), None)
-            if twin is None:
-                kept.append(node)
+        numbers: dict = {}  # structural key -> number
+        number_of: dict = {}  # variable -> number
+        first: dict = {}  # number -> the first sum variable with it
+
+        def leaf(var):
+            if isinstance(var, TensorConstant):
+                data = np.ascontiguousarray(var.data)
+                key = ("constant", var.type, data.shape, hashlib.sha256(data.tobytes()).hexdigest())
             else:
-                fgraph.replace(out, twin.outputs[0], reason="shared_sums")
+                key = ("input", id(var))
+            return numbers.setdefault(key, len(numbers))
+
+        for node in list(fgraph.toposort()):
+            if node not in fgraph.apply_nodes:
+                continue
+            ins = [number_of[v] if v in number_of else number_of.setdefault(v, leaf(v)) for v in node.inputs]
+            is_sum = (isinstance(node.op, Elemwise) and isinstance(node.op.scalar_op, Add) and len(node.inputs) >= 2
+                      and node.outputs[0].ndim >= 2)
+            if is_sum:
+                ins = sorted(ins)
+            for k, out in enumerate(node.outputs):
+                number = numbers.setdefault((node.op, k, tuple(ins), out.type), len(numbers))
+                number_of[out] = number
+                if is_sum:
+                    twin = first.setdefault(number, out)
+                    if twin is not out:
+                        fgraph.replace(out, twin, reason="shared_sums")
 
 
 SHARED_SUMS = "placement_shared_sums"  # the query tag; the rewrite is registered as "placement_sharedsums"
-_registered: list = []
 
 
 def shared_sums_tag() -> str:
@@ -367,7 +350,6 @@ def shared_sums_tag() -> str:
     include the tag run it (placement's export). Returns the tag."""
     from pytensor.compile import optdb
 
-    if not _registered:
+    if "placement_sharedsums" not in optdb:  # once per process, also across reloads of this module
         optdb.register("placement_sharedsums", SharedSums(), SHARED_SUMS, position=48.6)
-        _registered.append(True)
     return SHARED_SUMS
