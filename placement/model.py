@@ -86,6 +86,16 @@ def paired(jm: JaxModel) -> Callable | None:
     return fn
 
 
+def wrapped(jm: JaxModel, wrap: Callable) -> dict:
+    """``wrap`` applied to the log density, the likelihood and the objective (and their pair, kept
+    paired): the fields for ``dataclasses.replace(jm, **wrapped(jm, wrap), ...)``."""
+    logdensity, objective, pair = wrap(jm.logdensity), wrap(jm.objective), paired(jm)
+    if pair is not None:
+        pair = wrap(pair)
+        pair.parts = (logdensity, objective)
+    return dict(logdensity=logdensity, loglik=wrap(jm.loglik), objective=objective, logdensity_and_objective=pair)
+
+
 def _named_containers(model: pm.Model) -> list[str]:
     return sorted(name for name, var in model.named_vars.items() if isinstance(var, SharedVariable))
 

@@ -476,15 +476,9 @@ def linearised(jm, y_shape: tuple):
 
         return call
 
-    from placement.model import paired
+    from placement.model import wrapped
 
-    logdensity, objective, pair = wrap(jm.logdensity), wrap(jm.objective), paired(jm)
-    if pair is not None:
-        pair = wrap(pair)
-        pair.parts = (logdensity, objective)  # the pair of the linearised functions (model.paired)
-    return dataclasses.replace(jm, logdensity=logdensity, loglik=wrap(jm.loglik), objective=objective,
-                               logdensity_and_objective=pair, extras=None if jm.extras is None else wrap(jm.extras),
-                               y_of=None)
+    return dataclasses.replace(jm, **wrapped(jm, wrap), extras=None if jm.extras is None else wrap(jm.extras), y_of=None)
 
 
 class DesignEngine:

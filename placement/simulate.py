@@ -43,18 +43,6 @@ def with_simulator(jm: JaxModel, function, noise: float, e) -> JaxModel:
 
         return call
 
-    from placement.model import paired
+    from placement.model import wrapped
 
-    logdensity, objective, pair = wrap(jm.logdensity), wrap(jm.objective), paired(jm)
-    if pair is not None:
-        pair = wrap(pair)
-        pair.parts = (logdensity, objective)  # the pair of the wrapped functions (model.paired)
-    return dataclasses.replace(
-        jm,
-        logdensity=logdensity,
-        loglik=wrap(jm.loglik),
-        objective=objective,
-        logdensity_and_objective=pair,
-        extras=None if jm.extras is None else wrap(jm.extras),
-        y_of=y_of,
-    )
+    return dataclasses.replace(jm, **wrapped(jm, wrap), extras=None if jm.extras is None else wrap(jm.extras), y_of=y_of)
