@@ -262,17 +262,21 @@ def from_pymc(
 
     has_y = y_shared is not None
 
+    def args_of(theta, X, y):
+        return unflatten(theta) + [X] + ([y] if has_y else [])
+
+    def scalars(fn, theta, X, y):
+        return tuple(jnp.asarray(v, dtype=jnp.float64).reshape(()) for v in fn(*args_of(theta, X, y)))
+
     def wrap(fn):
         def call(theta, X, y=None):
-            args = unflatten(theta) + [X] + ([y] if has_y else [])
-            return jnp.asarray(fn(*args)[0], dtype=jnp.float64).reshape(())
+            return scalars(fn, theta, X, y)[0]
 
         return call
 
     def wrap_pair(fn):
         def call(theta, X, y=None):
-            args = unflatten(theta) + [X] + ([y] if has_y else [])
-            return tuple(jnp.asarray(v, dtype=jnp.float64).reshape(()) for v in fn(*args))
+            return scalars(fn, theta, X, y)
 
         return call
 
@@ -286,8 +290,7 @@ def from_pymc(
         ex_fn = get_jaxified_graph(inputs=inputs, outputs=ex)
 
         def extras_fn(theta, X, y=None):
-            args = unflatten(theta) + [X] + ([y] if has_y else [])
-            return dict(zip(extra_names, ex_fn(*args)))
+            return dict(zip(extra_names, ex_fn(*args_of(theta, X, y))))
 
     # Natural-scale parameters for reporting.
     free_rvs = list(model.free_RVs)

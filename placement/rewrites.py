@@ -212,14 +212,16 @@ def _sum_of_squares_over_rows(var: Variable):
     if node is None or not isinstance(node.op, Sum) or tuple(node.op.axis or ()) != (0,):
         return None
     (sq,) = node.inputs
-    op = _scalar_op(sq)
-    if op is None or sq.ndim != 2:
-        return None
-    if isinstance(op, Sqr):
-        return sq.owner.inputs[0]
-    if isinstance(op, Pow) and _constant_value(sq.owner.inputs[1]) == 2.0:
-        return sq.owner.inputs[0]
-    return None
+    return sq.owner.inputs[0] if sq.ndim == 2 and _is_square(sq) else None
+
+
+def _over_last_axis(node) -> bool:
+    """True for a Sum node that sums its (at least 1-D) input over the last axis only."""
+    (x,) = node.inputs
+    if x.ndim == 0:
+        return False
+    axes = tuple(range(x.ndim)) if node.op.axis is None else tuple(a % x.ndim for a in node.op.axis)
+    return axes == (x.ndim - 1,)
 
 
 def _is_square(var: Variable) -> bool:
@@ -250,10 +252,7 @@ def _quadratic_form(var: Variable):
     if node is None or not isinstance(node.op, Sum):
         return None
     (sq,) = node.inputs
-    if sq.ndim == 0 or not _is_square(sq):
-        return None
-    axes = tuple(range(sq.ndim)) if node.op.axis is None else tuple(a % sq.ndim for a in node.op.axis)
-    if axes != (sq.ndim - 1,):
+    if not _over_last_axis(node) or not _is_square(sq):
         return None
     z = sq.owner.inputs[0]
     op = _core_op(z)
@@ -281,10 +280,7 @@ def _half_logdet_of(var: Variable):
     if node is None or not isinstance(node.op, Sum):
         return None
     (lg,) = node.inputs
-    if lg.ndim == 0 or not isinstance(_scalar_op(lg), Log):
-        return None
-    axes = tuple(range(lg.ndim)) if node.op.axis is None else tuple(a % lg.ndim for a in node.op.axis)
-    if axes != (lg.ndim - 1,):
+    if not _over_last_axis(node) or not isinstance(_scalar_op(lg), Log):
         return None
     diag = lg.owner.inputs[0]
     dnode = diag.owner
