@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.lax.linalg import triangular_solve
 
 
 def _r2(A, B, ls):
@@ -86,10 +87,48 @@ def quad_form(Kinv, Kb):
     return S + S.T - jax.lax.stop_gradient(S)
 
 
+# blocks of at most this size are inverted by one triangular solve (64 and 96 timed alike at
+# n = 200-1000; 128 was slower)
+_BLOCK = 64
+
+
+def _triangular_inverse(L):
+    """L^-1 for lower-triangular L: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]."""
+    n = L.shape[-1]
+    if n <= _BLOCK:
+        return triangular_solve(L, jnp.eye(n, dtype=L.dtype), left_side=True, lower=True)
+    h = n // 2
+    Ai, Ci = _triangular_inverse(L[:h, :h]), _triangular_inverse(L[h:, h:])
+    M = -(Ci @ (L[h:, :h] @ Ai))
+    return jnp.block([[Ai, jnp.zeros((h, n - h), L.dtype)], [M, Ci]])
+
+
+def _lower_gram(W):
+    """W^T W for lower-triangular W = [[A, 0], [M, C]]: [[A^T A + M^T M, M^T C], [C^T M, C^T C]]."""
+    n = W.shape[-1]
+    if n <= _BLOCK:
+        return W.T @ W
+    h = n // 2
+    A, M, C = W[:h, :h], W[h:, :h], W[h:, h:]
+    low = C.T @ M
+    return jnp.block([[_lower_gram(A) + M.T @ M, low.T], [low, _lower_gram(C)]])
+
+
+def inverse_from_factor(L):
+    """K^-1 = L^-T L^-1 from the lower Cholesky factor L of K (2-D; symmetric to rounding).
+
+    LAPACK's potri written in blocks: L^-1 by halves, then L^-T L^-1 by halves, so nearly all
+    the work is matrix products. It does 2n^3/3 multiply-adds where two triangular solves
+    against the identity do 2n^3; at n = 500 on one CPU core (16 matrices per call) it took
+    4-5 ms per matrix against 9-11 ms, equal to 1e-13. Up to 64 rows it is one triangular
+    solve and one product."""
+    return _lower_gram(_triangular_inverse(L))
+
+
 def chol_inverse(K):
     """(L, K^-1) for a symmetric positive definite K."""
     L = jnp.linalg.cholesky(K)
-    Kinv = jax.scipy.linalg.cho_solve((L, True), jnp.eye(K.shape[0], dtype=K.dtype))
+    Kinv = inverse_from_factor(L)
     return L, 0.5 * (Kinv + Kinv.T)
 
 

@@ -5,8 +5,10 @@ A multivariate normal's log density as PyMC writes it takes ``L = cholesky(K)`` 
 ``sum(log(diag(L)))``. Differentiated in JAX, that runs the Cholesky's reverse pass: two n x n
 triangular solves and an n x n product per draw, most of a GP draw's cost at n = 500.
 ``logdet_pos`` has the derivative d log|K| = tr(K^-1 dK) written out (a custom JVP), so its
-reverse pass is one inverse from the same factor (two triangular solves) and an elementwise
-product. ``placement.rewrites.gp_solves`` puts it in place of the pattern.
+reverse pass is one inverse from the same factor and an elementwise product.
+``placement.rewrites.gp_solves`` puts it in place of the pattern.
+
+The inverse comes from ``placement.gpjax.inverse_from_factor`` (a blocked potri).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytensor.tensor as pt
-from jax.scipy.linalg import cho_solve, cholesky
+from jax.scipy.linalg import cholesky
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.jax.dispatch import jax_funcify
 
+from placement.gpjax import inverse_from_factor
+
 __all__ = ["LogDetPos", "logdet_pos", "logdet_pos_jax"]
+
 
 
 @jax.custom_jvp
@@ -36,7 +41,7 @@ def logdet_pos_jax(K):
 def _logdet_pos_jvp(primals, tangents):
     (K,), (dK,) = primals, tangents
     L = cholesky(K, lower=True)
-    Kinv = cho_solve((L, True), jnp.eye(K.shape[-1], dtype=K.dtype))
+    Kinv = inverse_from_factor(L)
     # tr(K^-1 dK) with dK symmetrised: the factor reads one triangle, so the value is a function
     # of sym(K), and K^-1 is symmetric
     return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L))), jnp.sum(Kinv * (dK + dK.T)) / 2.0
