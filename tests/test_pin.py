@@ -52,3 +52,22 @@ def test_cpu_is_forced_only_without_an_accelerator_plugin(tmp_path):
     assert run(False) == "cpu"
     assert run(True) == "None"
     assert run(True, JAX_PLATFORMS="cuda") == "cuda"
+
+
+def test_the_cuda_extra_has_a_build_for_every_supported_python():
+    """JAX 0.11 needs Python >= 3.12, so the ``cuda`` extra must also admit a build older Pythons
+    can install (0.9.2), never the 0.10 series (excluded for its CPU deadlock), and stay inside
+    the core dependency's range."""
+    from pathlib import Path
+
+    import pytest
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    (cuda,) = [Requirement(r) for r in meta["optional-dependencies"]["cuda"] if r.startswith("jax")]
+    (core,) = [Requirement(r) for r in meta["dependencies"] if r.startswith("jax>") or r.startswith("jax=")]
+    assert "cuda12" in cuda.extras and meta["requires-python"] == ">=3.10"
+    for version, ok in [("0.9.2", True), ("0.10.2", False), ("0.11.2", True), ("0.12.0", False)]:
+        assert cuda.specifier.contains(version) is ok and (not ok or core.specifier.contains(version)), version
