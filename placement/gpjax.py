@@ -4,6 +4,8 @@ The hyperparameter posterior comes from the PyMC model through the engine; given
 hyperparameter draws, conditioning on a candidate batch and on fantasised observations
 is plain Gaussian algebra, written here so it can be differentiated with respect to the
 batch locations. Kernel formulas match ``placement.kernels`` (tested).
+``inverse_from_factor`` also serves ``placement.posdef`` (the derivative of a GP's log-determinant
+in every exported model).
 """
 
 from __future__ import annotations
@@ -118,10 +120,12 @@ def inverse_from_factor(L):
     """K^-1 = L^-T L^-1 from the lower Cholesky factor L of K (2-D; symmetric to rounding).
 
     LAPACK's potri written in blocks: L^-1 by halves, then L^-T L^-1 by halves, so nearly all
-    the work is matrix products. It does 2n^3/3 multiply-adds where two triangular solves
-    against the identity do 2n^3; at n = 500 on one CPU core (16 matrices per call) it took
-    4-5 ms per matrix against 9-11 ms, equal to 1e-13. Up to 64 rows it is one triangular
-    solve and one product."""
+    the work is dense matrix products: about 2n^3/3 multiply-adds, where two triangular solves
+    against the identity do n^3 (at a lower rate). At n = 500 on one CPU core (16 matrices per
+    call) it took 4-5 ms per matrix against 9-11 ms, equal to 1e-13. Up to 64 rows it is one
+    triangular solve and one product. One matrix (2-D); ``jax.vmap`` it for a batch."""
+    if L.ndim != 2:
+        raise ValueError(f"inverse_from_factor takes one 2-D factor (vmap it for a batch); got shape {L.shape}")
     return _lower_gram(_triangular_inverse(L))
 
 

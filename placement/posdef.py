@@ -27,7 +27,6 @@ from placement.gpjax import inverse_from_factor
 __all__ = ["LogDetPos", "logdet_pos", "logdet_pos_jax"]
 
 
-
 @jax.custom_jvp
 def logdet_pos_jax(K):
     """log |K| for symmetric positive definite K (NaN when the factorisation fails). The lower
