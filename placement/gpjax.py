@@ -122,11 +122,11 @@ def inverse_from_factor(L):
     LAPACK's potri written in blocks: L^-1 by halves, then L^-T L^-1 by halves, so nearly all
     the work is dense matrix products: about 2n^3/3 multiply-adds, where two triangular solves
     against the identity do n^3 (at a lower rate). At n = 500 on one CPU core (16 matrices per
-    call) it took 4-5 ms per matrix against 9-11 ms, equal to 1e-13. Blocks of up to 64 rows
-    are one triangular solve and one product. One matrix (2-D); ``jax.vmap`` it for a batch.
-    Up to 64 rows it is ``cho_solve`` against the identity, as before: no faster there, and the
-    same bits as before on small models (a sweep's job equals the single run bit for bit, tested
-    in tests/test_launchers.py)."""
+    call) it took 4-5 ms per matrix against 9-11 ms, equal to 1e-13. Inside the recursion,
+    halves of up to 64 rows are one triangular solve and one product. One matrix (2-D);
+    ``jax.vmap`` it for a batch. A whole matrix of up to 64 rows is ``cho_solve`` against the
+    identity, as before: no faster there, and the same bits as before on small models (a
+    sweep's job equals the single run bit for bit, tested in tests/test_launchers.py)."""
     if L.ndim != 2:
         raise ValueError(f"inverse_from_factor takes one 2-D factor (vmap it for a batch); got shape {L.shape}")
     if L.shape[-1] <= _BLOCK:
