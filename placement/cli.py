@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
 import time
 from pathlib import Path
 
-from placement import budget
+from placement import budget, distributed
+from placement.errors import PlacementError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 COMMANDS = {
@@ -230,7 +232,7 @@ def _run(cfg) -> None:
     if ckpt.exists() and not cfg.resume:
         raise PlacementError(f"{run_dir} already holds a run (checkpoint.pkl); pass resume=true to continue it "
                              "or choose another hydra.run.dir.")
-    for stale in run_dir.glob(".*.tmp"):  # left by a SIGKILL mid-write; the real file is whole
+    for stale in run_dir.glob(".*.tmp") if distributed.is_main() else ():  # left by a SIGKILL mid-write
         stale.unlink(missing_ok=True)
     _enable_compile_cache(cfg)
     sampler_cfg = instantiate(cfg.sampler)
@@ -402,6 +404,58 @@ def _suggest_mode(sampler_cfg) -> str:
 TASKS = {"gradient": _gradient, "run": _run, "suggest": _suggest}
 
 
+class _ErrorsOnly:
+    """Another process's stderr: its progress and warnings repeat process 0's, so only an error
+    (a line starting "error", Hydra's "Error executing job", a traceback) and what follows it pass,
+    each line marked with the process."""
+
+    STARTS = ("error", "Error executing job", "Traceback", "interrupted", "terminated")
+
+    def __init__(self, stream, mark: str):
+        self.stream, self.mark, self.open, self.pending = stream, mark, False, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self.open = self.open or line.startswith(self.STARTS)
+            if self.open:
+                self.stream.write(f"{self.mark}{line}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _join_processes(cmd: str, rest: list[str]) -> tuple[list[str], str | None] | None:
+    """Join the other processes of one computation when the environment asks for it
+    (``placement.distributed.initialize_from_env``). In process 0, or alone: None. In another
+    process: the overrides that keep its files out of the way (Hydra's own files and log off;
+    its run folder a scratch folder unless hydra.run.dir names one, which it then only reads:
+    ``run resume=true``), and its printed results off (process 0 prints them); and the scratch
+    folder to remove at the end, if one was made."""
+    if not distributed.requested():
+        return None
+    if any(a in ("-m", "--multirun") or a.startswith("hydra.sweeper") for a in rest):
+        raise PlacementError("a sweep (-m) runs its jobs one by one, each in its own process; several processes "
+                             "computing one estimate (PLACEMENT_COORDINATOR / PLACEMENT_DISTRIBUTED) take one "
+                             "command. Unset those variables for a sweep, or give each job its own processes.")
+    if distributed.initialize_from_env() == 1 or distributed.is_main():
+        return None
+    import tempfile
+
+    sys.stdout = open(os.devnull, "w")
+    sys.stderr = _ErrorsOnly(sys.stderr, f"[process {distributed.index()}] ")
+    extra, scratch = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"], None
+    if cmd != "suggest" and not any(a.startswith("hydra.run.dir=") for a in rest):
+        scratch = tempfile.mkdtemp(prefix=f"placement-process-{distributed.index()}-")
+        extra.append(f"hydra.run.dir={scratch}")
+    return extra, scratch
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -423,12 +477,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from placement.errors import PlacementError
 
+    try:
+        worker = _join_processes(cmd, rest)
+    except PlacementError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if worker is not None and cmd == "suggest":  # one process computes a suggestion: process 0's
+        return 0
+    overrides, scratch = worker or ([], None)
+    rest = rest + overrides
+
     def task(cfg: DictConfig) -> None:
         from placement.runtime import quiet_console_logging
 
         quiet_console_logging()  # third-party INFO off the terminal (kept in the run's .log)
         run_dir = _run_dir()
         created = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir()) if run_dir.exists() else True
+        created = created and distributed.is_main()  # another process's folder is process 0's to remove
         try:
             from placement import memory
 
@@ -468,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, sigint)
         budget.clear_stop()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from placement import budget, gradcheck, precision, samplers
+from placement import budget, distributed, gradcheck, precision, samplers
 from placement.errors import PlacementError
 from placement.estimator import GradientEstimate, Sample, estimate, normalised_weights, shared_logdensity, shared_terms
 from placement.model import JaxModel
@@ -112,8 +112,8 @@ class Engine:
         """``extend`` batches at the same design until the precision target is met or the
         budget (max_draws, max_seconds) runs out. Every batch has the compiled size."""
         n, i = sample.theta.shape[0], 0
-        out_of_time = lambda: ((target.max_seconds > 0 and time.perf_counter() - t0 >= target.max_seconds)  # noqa: E731
-                               or budget.current().passed())
+        out_of_time = lambda: distributed.agree(  # noqa: E731 - several processes: process 0's clock decides
+            (target.max_seconds > 0 and time.perf_counter() - t0 >= target.max_seconds) or budget.current().passed())
         batch, cut = n, False
         try:
             while not precision.reached(est, target) and n + batch <= target.max_draws and not out_of_time():

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax import diagnostics as bjd
 
-from placement import budget, memory, samplers
+from placement import budget, distributed, memory, samplers
 from placement.errors import PlacementError
 from placement.model import JaxModel, paired
 
@@ -151,8 +151,7 @@ def _program(jm: JaxModel, kind: str, batch: int) -> Callable:
     """Jitted per-draw ``terms`` (or ``logp``: the log density alone) over the draws, ``batch``
     at a time, sharded over the process's devices when there are several. One program per
     (model, kind, batch), so what ``plan`` compiles to read its memory is what the calls then
-    find in JAX's cache (no second compile). ``.jitted``: the jit to lower; ``.rows(N)``: the
-    draws it is called with for N."""
+    find in JAX's cache (no second compile). ``.jitted`` and ``.specs``: see ``_over_devices``."""
     key = (id(jm), kind, batch)
     if key not in _PROGRAMS or _PROGRAMS[key][0] is not jm:
         one = _one_terms(jm) if kind == "terms" else (lambda t, X, y: (jm.logdensity(t, X, y),))
@@ -170,10 +169,6 @@ def _power_of_two(b: int) -> int:
     return 1 << int(np.log2(max(b, 1)))
 
 
-def _devices() -> int:
-    return len(jax.local_devices())
-
-
 def plan(jm: JaxModel, max_memory=None) -> Plan:
     """Batch and chunk for the shared terms from the model's size and ``max_memory`` (default:
     ``placement.memory.setting()``, the active ``memory.scope``; None = auto), before any draw
@@ -185,10 +180,10 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
     key = (id(jm), repr(setting))
     if key in _PLANS and _PLANS[key][0] is jm:
         return _PLANS[key][1]
-    D = _devices()
+    D, local = len(jax.devices()), jax.local_devices()
     lim = memory.limit(setting)
-    if D > 1 and jax.local_devices()[0].platform == "cpu":
-        lim //= D
+    if len(local) > 1 and local[0].platform == "cpu":
+        lim //= len(local)
     chunk = auto_chunk(jm, lim)
     per_device = -(-chunk // D)
     X = jnp.asarray(jm.X)
@@ -212,6 +207,7 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
         if memory.is_oom(e):
             raise memory.oom_error(e, f"compiling the gradient's terms (n={n} points)", change) from None
         batch, need = min(auto_batch(jm), per_device), None
+    batch, chunk = distributed.agree_min((batch, chunk))  # several processes: what fits every one of them
     out = Plan(int(batch), int(chunk), need, int(lim))
     _PLANS[key] = (jm, out)
     return out
@@ -291,14 +287,18 @@ def make_terms(jm: JaxModel, batch_size: int = 512) -> Callable:
 
 
 def _over_devices(local: Callable) -> Callable:
-    """``local`` jitted, its draw axis sharded over this process's devices when there are several."""
-    devices = jax.local_devices()  # one process's devices (multi-host: docs/how-to/gpu.md)
+    """``local`` jitted, its draw axis sharded over the devices when there are several: this
+    process's, or with several processes (``placement.distributed``) every process's, the
+    results gathered back into each. ``.jitted``: the jit to lower; ``.specs(N, p, X, y)``: its
+    arguments for N draws of p parameters, as shapes (and layouts) for lowering."""
+    devices = jax.devices()  # every process's devices; one process's unless placement.distributed joined several
     if len(devices) == 1:
         fn = jax.jit(local)
         fn_ = lambda thetas, X, y: fn(thetas, X, y)  # noqa: E731
-        fn_.jitted, fn_.rows = fn, (lambda N: N)
+        fn_.jitted = fn
+        fn_.specs = lambda N, p, X, y: (jax.ShapeDtypeStruct((N, p), jnp.float64), X, y)
         return fn_
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
     mesh = Mesh(np.asarray(devices), ("draws",))
 
@@ -310,17 +310,35 @@ def _over_devices(local: Callable) -> Callable:
 
     sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("draws"), P(), P()), out_specs=P("draws")))
     D = len(devices)
+    rows, same = NamedSharding(mesh, P("draws")), NamedSharding(mesh, P())
+    spanning = distributed.multi()
 
     def terms(thetas, X, y):
-        thetas = jnp.asarray(thetas)
         N = thetas.shape[0]
         pad = (-N) % D
-        if pad:  # repeat the first draw; its copies are dropped below
-            thetas = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
-        out = sharded(thetas, X, y)
+        if spanning:  # every process holds the same draws (checked); each computes its devices' share
+            thetas = np.asarray(thetas)
+            distributed.check_same(thetas, "posterior draws")
+            if pad:
+                thetas = np.concatenate([thetas, np.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
+            out = distributed.gather(sharded(distributed.to_global(thetas, rows), distributed.to_global(X, same),
+                                             distributed.to_global(y, same)))
+        else:
+            thetas = jnp.asarray(thetas)
+            if pad:  # repeat the first draw; its copies are dropped below
+                thetas = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
+            out = sharded(thetas, X, y)
         return tuple(o[:N] for o in out) if pad else out
 
-    terms.jitted, terms.rows = sharded, (lambda N: N + (-N) % D)
+    def specs(N, p, X, y):
+        draws = (N + (-N) % D, p)
+        if not spanning:
+            return jax.ShapeDtypeStruct(draws, jnp.float64), X, y
+        return (jax.ShapeDtypeStruct(draws, jnp.float64, sharding=rows),
+                jax.ShapeDtypeStruct(np.shape(X), jnp.float64, sharding=same),
+                jax.ShapeDtypeStruct(np.shape(y), jnp.float64, sharding=same))
+
+    terms.jitted, terms.specs = sharded, specs
     return terms
 
 
@@ -333,8 +351,7 @@ def _compiled(jm: JaxModel, batch: int, chunk: int, X, y):
     key = (id(jm), batch, chunk, X.shape, y.shape)
     if key not in _COMPILED or _COMPILED[key][0] is not jm:
         program = _program(jm, "terms", batch)
-        spec = jax.ShapeDtypeStruct((program.rows(chunk), jm.ndim), jnp.float64)
-        _COMPILED[key] = (jm, program.jitted.lower(spec, X, y).compile())
+        _COMPILED[key] = (jm, program.jitted.lower(*program.specs(chunk, jm.ndim, X, y)).compile())
     return _COMPILED[key][1]
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from placement import distributed
+
 
 def _plain(obj):
     if isinstance(obj, dict):
@@ -46,8 +48,13 @@ def write_atomic_bytes(path: str | os.PathLike, data: bytes) -> Path:
 @contextlib.contextmanager
 def atomic_target(path: str | os.PathLike):
     """A temporary file name beside ``path`` for a writer to fill; renamed onto ``path`` when the
-    block ends normally, removed when it raises (an interrupt included)."""
+    block ends normally, removed when it raises (an interrupt included). In a process other
+    than process 0 (``placement.distributed``) the file is written to a scratch folder and dropped."""
     path = Path(path)
+    if not distributed.is_main():  # several processes: process 0 writes, the others' output is dropped
+        with tempfile.TemporaryDirectory() as scratch:
+            yield os.path.join(scratch, path.name)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

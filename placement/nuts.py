@@ -24,7 +24,7 @@ from blackjax.adaptation.step_size import DualAveragingAdaptationState, dual_ave
 from blackjax.mcmc import nuts as bj_nuts
 from blackjax.mcmc.hmc import HMCState
 
-from placement import budget
+from placement import budget, distributed
 from placement.estimator import Sample
 from placement.samplers import Sampler, register
 
@@ -240,7 +240,9 @@ def make_nuts(logdensity: Callable, config: NUTSConfig) -> Nuts:
             t0 = time.perf_counter()
             state, adapt, out = chunk(jnp.asarray(ks), state, adapt, X, y, jnp.asarray(flags), jnp.asarray(np.arange(CHUNK) < m))
             out = jax.device_get(out)
-            per = (time.perf_counter() - t0) / m  # an over-estimate on a call that compiled: the next call is short
+            # an over-estimate on a call that compiled: the next call is short. Several processes
+            # pace by process 0's clock, so that all reach the same checkpoints
+            per = distributed.agree_value((time.perf_counter() - t0) / m)
             pace["m"] = int(min(CHUNK, 2 * pace["m"], max(1.0, CALL_SECONDS / max(per, 1e-9))))
             outs.append(tuple(o[:m] for o in out))
             i += m

@@ -17,9 +17,10 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    from placement.io import atomic_target
+
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return path
 
 

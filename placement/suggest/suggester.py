@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from placement import budget
+from placement import budget, distributed
 from placement.errors import PlacementError
 from placement.progress import Reporter
 from placement.suggest import criteria, hyper
@@ -25,7 +25,8 @@ def suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
     names: the input columns, to pick them from a pending table by name."""
     reporter = Reporter("suggest", "start-steps", cfg.progress)
     try:
-        with budget.scope(cfg.max_seconds, progress=reporter):
+        # each process by itself (no sharded work), by its own clock: placement.distributed
+        with distributed.alone(), budget.scope(cfg.max_seconds, progress=reporter):
             return _suggest_arrays(X, y, bounds, cfg, pending, names)
     finally:
         reporter.close()
