@@ -255,7 +255,11 @@ def _run(cfg) -> None:
     check_measured_design(problem.fantasies, jm.X, X0)
     check_design_in_bounds(np.asarray(X0), constraints)
     engine = make_engine(problem, sampler_cfg, gradient_check=str(cfg.get("gradient_check", "error")))
-    if cfg.resume and ckpt.exists():
+    resuming = bool(cfg.resume and ckpt.exists())
+    distributed.check_same("run states to resume from (give every process the same hydra.run.dir, on a shared "
+                           "file system)", np.asarray([resuming]),
+                           np.frombuffer(ckpt.read_bytes() if resuming else b"", dtype=np.uint8))
+    if resuming:
         state, saved_fp = load_checkpoint(ckpt)
         if saved_fp != fingerprint:
             raise PlacementError("the checkpoint was written with a different configuration; resume with the same "
@@ -429,6 +433,9 @@ class _ErrorsOnly:
     def isatty(self) -> bool:
         return False
 
+    def __getattr__(self, name):  # encoding, fileno, buffer, ...: the real stream's
+        return getattr(self.stream, name)
+
 
 def _join_processes(cmd: str, rest: list[str]) -> tuple[list[str], str | None] | None:
     """Join the other processes of one computation when the environment asks for it
@@ -439,18 +446,23 @@ def _join_processes(cmd: str, rest: list[str]) -> tuple[list[str], str | None] |
     folder to remove at the end, if one was made."""
     if not distributed.requested():
         return None
-    if any(a in ("-m", "--multirun") or a.startswith("hydra.sweeper") for a in rest):
+    if any(a in ("-m", "--multirun", "hydra.mode=MULTIRUN") or a.startswith("hydra.sweeper") for a in rest):
         raise PlacementError("a sweep (-m) runs its jobs one by one, each in its own process; several processes "
                              "computing one estimate (PLACEMENT_COORDINATOR / PLACEMENT_DISTRIBUTED) take one "
                              "command. Unset those variables for a sweep, or give each job its own processes.")
+    if cmd == "suggest":  # computed by one process: rank 0 alone, without joining; the others have nothing to do
+        return None if distributed.rank_from_env() == 0 else ([], None)
     if distributed.initialize_from_env() == 1 or distributed.is_main():
         return None
     import tempfile
 
+    from placement.runtime import install_stderr_filter
+
+    install_stderr_filter()  # XLA's own lines on fd 2, as in process 0
     sys.stdout = open(os.devnull, "w")
     sys.stderr = _ErrorsOnly(sys.stderr, f"[process {distributed.index()}] ")
     extra, scratch = ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"], None
-    if cmd != "suggest" and not any(a.startswith("hydra.run.dir=") for a in rest):
+    if not any(a.lstrip("+").startswith("hydra.run.dir=") for a in rest):
         scratch = tempfile.mkdtemp(prefix=f"placement-process-{distributed.index()}-")
         extra.append(f"hydra.run.dir={scratch}")
     return extra, scratch
@@ -482,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     except PlacementError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if worker is not None and cmd == "suggest":  # one process computes a suggestion: process 0's
+    if worker is not None and cmd == "suggest":  # one process computes a suggestion: rank 0's
         return 0
     overrides, scratch = worker or ([], None)
     rest = rest + overrides
@@ -527,6 +539,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"placement-{cmd}"] + rest
     try:
         hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
+    except SystemExit as e:  # an error or an interrupt in one of several processes: the others are not waited for
+        if distributed.multi() and e.code not in (0, None):
+            distributed.exit_now(e.code if isinstance(e.code, int) else 1)
+        raise
     except (KeyboardInterrupt, _Terminated) as e:  # before the task started: nothing was written
         print("interrupted before any work was done.", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(e, _Terminated) else EXIT_INTERRUPT

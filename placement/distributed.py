@@ -8,16 +8,17 @@ Process 0 alone writes files and prints results.
 
 What every process must agree on is agreed here, not assumed:
 
-- the draws each chunk is computed for (``check_same``: a checksum of each process's draws,
-  compared at every chunk; processes that diverged stop with an error instead of mixing
-  different draws);
-- the batch and chunk sizes (``agree_min``: the smallest over the processes, so the work fits
-  every host's memory and every process makes the same calls);
+- the draws and design each chunk is computed for (``check_same``: a hash of each process's
+  copy, compared at every chunk; processes that diverged stop with an error instead of mixing
+  different draws), and a resumed run's checkpoint;
+- the memory limit, batch and chunk sizes (``agree_min``: the smallest over the processes, so
+  the work fits every host's memory and every process makes the same calls);
 - decisions taken from the clock (``agree``: process 0's), because the processes' clocks and
   speeds differ and a stop taken by one process alone would leave the others waiting.
 
-Start it from the environment (``initialize_from_env``, which the command line calls) or from
-Python (``initialize``) before any JAX computation.
+Work marked ``alone`` (``placement.suggest``) runs on this process's devices with its own
+clock. Start it from the environment (``initialize_from_env``, which the command line calls)
+or from Python (``initialize``) before any JAX computation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import os
 from placement.errors import PlacementError
 
 _STATE = {"active": False}
+HEARTBEAT_SECONDS = 30
+RANK_VARIABLES = ("PLACEMENT_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
 _ALONE = contextvars.ContextVar("placement_alone", default=False)
 
 ENV_HELP = ("Set PLACEMENT_COORDINATOR=host:port, PLACEMENT_NUM_PROCESSES=N and PLACEMENT_PROCESS_ID=i (0 .. N-1) "
@@ -44,10 +47,10 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
 
     if _STATE["active"]:
         return jax.process_count()
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # the CPU's collectives; GPUs use NCCL
+    try:  # a process that stops is noticed by the others within HEARTBEAT_SECONDS, and they stop too
+        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id,
+                                   heartbeat_timeout_seconds=HEARTBEAT_SECONDS)
     except (RuntimeError, ValueError) as e:
         raise PlacementError(f"could not join the other processes ({str(e).splitlines()[0]}). {ENV_HELP}") from None
     _STATE["active"] = True
@@ -80,6 +83,27 @@ def initialize_from_env(environ=os.environ) -> int:
         raise PlacementError(f"PLACEMENT_PROCESS_ID={index} is not one of 0 .. {count - 1} "
                              f"(PLACEMENT_NUM_PROCESSES={count}).")
     return initialize(coordinator, count, index)
+
+
+def rank_from_env(environ=os.environ) -> int:
+    """This process's rank as the launcher gave it, without joining (0 when none is set)."""
+    for name in RANK_VARIABLES:
+        if environ.get(name, "").strip().isdigit():
+            return int(environ[name])
+    return 0
+
+
+def exit_now(code: int) -> None:
+    """End this process at once with ``code``: a process that stops early (an error, an interrupt)
+    must not wait at JAX's exit barrier for processes that are still working."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def multi() -> bool:
@@ -133,7 +157,7 @@ def agree_value(x: float) -> float:
     import numpy as np
     from jax.experimental import multihost_utils
 
-    return float(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(float(x), dtype=np.float64))))
+    return float(np.asarray(_collective(multihost_utils.broadcast_one_to_all, np.asarray(float(x), dtype=np.float64))))
 
 
 def agree(flag: bool) -> bool:
@@ -142,32 +166,49 @@ def agree(flag: bool) -> bool:
 
 
 def agree_min(values) -> tuple[int, ...]:
-    """The smallest of each whole number over all processes (a collective)."""
+    """In lockstep, the smallest of each whole number over all processes (a collective)."""
     values = tuple(int(v) for v in values)
-    if not multi():
+    if not lockstep():
         return values
     import numpy as np
     from jax.experimental import multihost_utils
 
-    every = np.asarray(multihost_utils.process_allgather(np.asarray(values, dtype=np.int64)))
+    every = np.asarray(_collective(multihost_utils.process_allgather, np.asarray(values, dtype=np.int64)))
     return tuple(int(v) for v in every.reshape(-1, len(values)).min(axis=0))
 
 
-def check_same(arr, what: str) -> None:
-    """Stop with an error unless every process holds the same ``arr`` (compared by a checksum
-    of its values: a sum and a position-weighted sum, equal bit for bit when the arrays are)."""
-    if not multi():
+def check_same(what: str, *arrays) -> None:
+    """In lockstep, stop with an error unless every process holds the same ``arrays`` (compared
+    by a hash of their bytes, shapes and dtypes; a collective)."""
+    if not lockstep():
         return
+    import hashlib
+
     import numpy as np
     from jax.experimental import multihost_utils
 
-    a = np.asarray(arr, dtype=np.float64).ravel()
-    mine = np.array([a.size, np.sum(a), np.sum(a * np.arange(1, a.size + 1) / max(a.size, 1))])
-    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 3)
-    if not np.array_equal(every, np.broadcast_to(every[0], every.shape), equal_nan=True):
-        raise PlacementError(f"the processes computed different {what} (process checksums {every.tolist()}). Every "
-                             "process must run the same command with the same seed, data and software versions, "
-                             "on the same kind of hardware.")
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(np.asarray(a))
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(a.tobytes())
+    mine = np.frombuffer(h.digest()[:16], dtype=np.int64)
+    every = np.asarray(_collective(multihost_utils.process_allgather, mine)).reshape(-1, 2)
+    if not (every == every[0]).all():
+        differ = [i for i in range(every.shape[0]) if not (every[i] == every[0]).all()]
+        raise PlacementError(f"the processes computed different {what} (processes {differ} differ from process 0). "
+                             "Every process must run the same command with the same seed, data and software "
+                             "versions, on the same kind of hardware.")
+
+
+def _collective(fn, *args, **kwargs):
+    """``fn`` (a collective); a failure there, almost always another process that stopped, is one
+    error in this process too, not a traceback from the transport."""
+    try:
+        return fn(*args, **kwargs)
+    except (RuntimeError, ValueError) as e:
+        raise PlacementError(f"another process stopped or could not be reached ({str(e).splitlines()[0][:200]}); "
+                             "this process stops too.") from None
 
 
 def to_global(arr, sharding):
@@ -184,4 +225,4 @@ def gather(tree):
     """Every process's shards of the arrays in ``tree``, whole, as NumPy arrays in every process."""
     from jax.experimental import multihost_utils
 
-    return multihost_utils.process_allgather(tree, tiled=True)
+    return _collective(multihost_utils.process_allgather, tree, tiled=True)

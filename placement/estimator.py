@@ -152,7 +152,7 @@ def _program(jm: JaxModel, kind: str, batch: int) -> Callable:
     at a time, sharded over the process's devices when there are several. One program per
     (model, kind, batch), so what ``plan`` compiles to read its memory is what the calls then
     find in JAX's cache (no second compile). ``.jitted`` and ``.specs``: see ``_over_devices``."""
-    key = (id(jm), kind, batch)
+    key = (id(jm), kind, batch, distributed.lockstep())  # across processes, or this one's devices
     if key not in _PROGRAMS or _PROGRAMS[key][0] is not jm:
         one = _one_terms(jm) if kind == "terms" else (lambda t, X, y: (jm.logdensity(t, X, y),))
 
@@ -177,13 +177,16 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
     one draw at a time raises one ``PlacementError`` naming the size and what to change. CPU
     devices share the host's memory: each gets max_memory / devices."""
     setting = memory.setting() if max_memory is None else max_memory
-    key = (id(jm), repr(setting))
+    key = (id(jm), repr(setting), distributed.lockstep())
     if key in _PLANS and _PLANS[key][0] is jm:
         return _PLANS[key][1]
-    D, local = len(jax.devices()), jax.local_devices()
+    local = jax.local_devices()
+    D = len(jax.devices()) if distributed.lockstep() else len(local)
     lim = memory.limit(setting)
     if len(local) > 1 and local[0].platform == "cpu":
         lim //= len(local)
+    if distributed.lockstep():  # the smallest over the processes, so that every one plans the same work
+        lim = distributed.agree_min((lim,))[0]
     chunk = auto_chunk(jm, lim)
     per_device = -(-chunk // D)
     X = jnp.asarray(jm.X)
@@ -207,7 +210,8 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
         if memory.is_oom(e):
             raise memory.oom_error(e, f"compiling the gradient's terms (n={n} points)", change) from None
         batch, need = min(auto_batch(jm), per_device), None
-    batch, chunk = distributed.agree_min((batch, chunk))  # several processes: what fits every one of them
+    if distributed.lockstep():  # the same limit gives the same plan; agreed all the same
+        batch, chunk = distributed.agree_min((batch, chunk))
     out = Plan(int(batch), int(chunk), need, int(lim))
     _PLANS[key] = (jm, out)
     return out
@@ -234,7 +238,7 @@ def shared_terms(jm: JaxModel, batch_size: int | None = None) -> Callable:
     p = plan(jm)
     if batch_size is not None:
         p = p._replace(batch=int(batch_size), bytes=None)
-    key = (id(jm), p)
+    key = (id(jm), p, distributed.lockstep())
     if key not in _TERMS or _TERMS[key][0] is not jm:
         fn = _chunked(make_terms(jm, p.batch), p.chunk)
         fn.plan = p
@@ -247,7 +251,7 @@ def shared_logdensity(jm: JaxModel) -> Callable:
     (a log density needs no more memory than the terms), checking the budget between chunks:
     the samplers' log-density-only evaluations (posterior fits, reweighting, grids)."""
     p = plan(jm)
-    key = (id(jm), "logp", p)
+    key = (id(jm), "logp", p, distributed.lockstep())
     if key not in _TERMS or _TERMS[key][0] is not jm:
         fn = _chunked(_program(jm, "logp", p.batch), p.chunk)
         logp = lambda thetas, X, y: fn(thetas, X, y)[0]  # noqa: E731
@@ -291,7 +295,8 @@ def _over_devices(local: Callable) -> Callable:
     process's, or with several processes (``placement.distributed``) every process's, the
     results gathered back into each. ``.jitted``: the jit to lower; ``.specs(N, p, X, y)``: its
     arguments for N draws of p parameters, as shapes (and layouts) for lowering."""
-    devices = jax.devices()  # every process's devices; one process's unless placement.distributed joined several
+    spanning = distributed.lockstep()  # several processes working in step (placement.distributed)
+    devices = jax.devices() if spanning else jax.local_devices()
     if len(devices) == 1:
         fn = jax.jit(local)
         fn_ = lambda thetas, X, y: fn(thetas, X, y)  # noqa: E731
@@ -311,14 +316,13 @@ def _over_devices(local: Callable) -> Callable:
     sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("draws"), P(), P()), out_specs=P("draws")))
     D = len(devices)
     rows, same = NamedSharding(mesh, P("draws")), NamedSharding(mesh, P())
-    spanning = distributed.multi()
 
     def terms(thetas, X, y):
         N = thetas.shape[0]
         pad = (-N) % D
         if spanning:  # every process holds the same draws (checked); each computes its devices' share
             thetas = np.asarray(thetas)
-            distributed.check_same(thetas, "posterior draws")
+            distributed.check_same("posterior draws or designs", thetas, X, y)
             if pad:
                 thetas = np.concatenate([thetas, np.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
             out = distributed.gather(sharded(distributed.to_global(thetas, rows), distributed.to_global(X, same),
@@ -348,7 +352,7 @@ _COMPILED: dict = {}
 def _compiled(jm: JaxModel, batch: int, chunk: int, X, y):
     """The terms' program compiled for one call on ``chunk`` draws, ``batch`` at a time (kept:
     plans for other max_memory settings ask again)."""
-    key = (id(jm), batch, chunk, X.shape, y.shape)
+    key = (id(jm), batch, chunk, X.shape, y.shape, distributed.lockstep())
     if key not in _COMPILED or _COMPILED[key][0] is not jm:
         program = _program(jm, "terms", batch)
         _COMPILED[key] = (jm, program.jitted.lower(*program.specs(chunk, jm.ndim, X, y)).compile())

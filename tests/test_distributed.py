@@ -96,7 +96,7 @@ def test_the_environment_asks_for_processes_with_clear_errors():
     assert not distributed.multi() and distributed.is_main() and distributed.agree(True)
 
 
-def test_a_sweep_is_refused_before_joining(monkeypatch, capsys):
+def test_a_sweep_is_refused_and_suggest_left_to_rank_0_before_joining(monkeypatch, capsys):
     from placement.cli import main
 
     monkeypatch.setenv("PLACEMENT_COORDINATOR", "localhost:1")  # nobody listens: joining would wait
@@ -104,3 +104,6 @@ def test_a_sweep_is_refused_before_joining(monkeypatch, capsys):
     monkeypatch.setenv("PLACEMENT_PROCESS_ID", "0")
     assert main(["gradient", "-m", "seed=1,2"]) == 2
     assert "a sweep (-m) runs its jobs one by one" in capsys.readouterr().err
+    monkeypatch.setenv("PLACEMENT_PROCESS_ID", "1")  # suggest: computed by rank 0 alone; the others end at once
+    assert main(["suggest", "data=no-such-file.csv"]) == 0
+    assert capsys.readouterr().err == ""
