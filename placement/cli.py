@@ -541,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
     except SystemExit as e:  # an error or an interrupt in one of several processes: the others are not waited for
         if distributed.multi() and e.code not in (0, None):
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             distributed.exit_now(e.code if isinstance(e.code, int) else 1)
         raise
     except (KeyboardInterrupt, _Terminated) as e:  # before the task started: nothing was written
