@@ -487,8 +487,6 @@ def main(argv: list[str] | None = None) -> int:
     from omegaconf import DictConfig
     from omegaconf.errors import OmegaConfBaseException
 
-    from placement.errors import PlacementError
-
     try:
         worker = _join_processes(cmd, rest)
     except PlacementError as e:

@@ -115,21 +115,18 @@ def multi() -> bool:
     return jax.process_count() > 1
 
 
-def is_main() -> bool:
-    """Process 0, or the only process: the one that writes files and prints results."""
-    if not _STATE["active"]:
-        return True
-    import jax
-
-    return jax.process_index() == 0
-
-
 def index() -> int:
+    """This process's index among the joined processes (0 when alone)."""
     if not _STATE["active"]:
         return 0
     import jax
 
     return jax.process_index()
+
+
+def is_main() -> bool:
+    """Process 0, or the only process: the one that writes files and prints results."""
+    return index() == 0
 
 
 def lockstep() -> bool:

@@ -318,19 +318,18 @@ def _over_devices(local: Callable) -> Callable:
     rows, same = NamedSharding(mesh, P("draws")), NamedSharding(mesh, P())
 
     def terms(thetas, X, y):
+        xp = np if spanning else jnp  # across processes each supplies its rows from a host copy
+        thetas = xp.asarray(thetas)
         N = thetas.shape[0]
         pad = (-N) % D
-        if spanning:  # every process holds the same draws (checked); each computes its devices' share
-            thetas = np.asarray(thetas)
+        if spanning:  # every process must hold the same draws and design
             distributed.check_same("posterior draws or designs", thetas, X, y)
-            if pad:
-                thetas = np.concatenate([thetas, np.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
+        if pad:  # repeat the first draw; its copies are dropped below
+            thetas = xp.concatenate([thetas, xp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
+        if spanning:
             out = distributed.gather(sharded(distributed.to_global(thetas, rows), distributed.to_global(X, same),
                                              distributed.to_global(y, same)))
         else:
-            thetas = jnp.asarray(thetas)
-            if pad:  # repeat the first draw; its copies are dropped below
-                thetas = jnp.concatenate([thetas, jnp.broadcast_to(thetas[:1], (pad, thetas.shape[1]))])
             out = sharded(thetas, X, y)
         return tuple(o[:N] for o in out) if pad else out
 
