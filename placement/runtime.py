@@ -42,6 +42,7 @@ import contextlib
 import os
 import platform
 import re
+import time
 import subprocess
 import sys
 import warnings
@@ -202,13 +203,44 @@ def compile_cache_dir(base: Path | str | None = None) -> Path:
     return (cache_base() if base is None else Path(base)) / host_key()
 
 
+# The cache's size limit. A limit also makes JAX lock the folder around every read and write, so
+# processes sharing it (a sweep's jobs, several runs at once) never read an entry another one is
+# still writing; without one, JAX neither locks nor evicts.
+CACHE_MAX_BYTES = 8 * 2**30
+
+
+def repair_cache_times(path: Path) -> int:
+    """Give every entry in ``path`` that lacks one the access-time file that JAX's size-limited
+    cache keeps beside each entry; returns how many were written. A process that used the folder
+    without a limit writes entries without them, and then every later write of a limited process
+    fails on its eviction scan (a FileNotFoundError warning per compile, nothing cached). Stamped
+    now: such entries count as just used."""
+    stamp = time.time_ns().to_bytes(8, "little")
+    fixed = 0
+    for entry in Path(path).glob("*-cache"):
+        atime = entry.with_name(entry.name[: -len("-cache")] + "-atime")
+        if not atime.exists():
+            try:
+                atime.write_bytes(stamp)
+                fixed += 1
+            except OSError:  # a read-only or vanishing entry: JAX copes with what it can read
+                pass
+    return fixed
+
+
 def enable_compile_cache(min_compile_time_secs: float = 0.5) -> Path:
+    """Turn on the persistent compile cache in ``compile_cache_dir()``, size-limited (LRU, with
+    JAX's file lock): ``CACHE_MAX_BYTES`` unless ``jax_compilation_cache_max_size`` (or
+    ``JAX_COMPILATION_CACHE_MAX_SIZE``) is set already."""
     import jax
 
     path = compile_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
+    if jax.config.jax_compilation_cache_max_size == -1:
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    repair_cache_times(path)
     install_stderr_filter()
     return path
 

@@ -80,6 +80,8 @@ def test_second_run_loads_the_cache_quietly(tmp_path):
             host = cache / runtime.host_key()
             assert host.is_dir(), sorted(p.name for p in cache.iterdir())
             assert any(p.name.endswith("-cache") for p in host.iterdir())
+            # size-limited (JAX's file lock and LRU): every entry has its access-time file
+            assert not [p.name for p in host.glob("*-cache") if not p.with_name(p.name[:-6] + "-atime").exists()]
     assert [p.name for p in cache.iterdir()] == [runtime.host_key()]
     for r in runs:
         for stream in (r.stdout, r.stderr):
@@ -90,3 +92,29 @@ def test_second_run_loads_the_cache_quietly(tmp_path):
         assert "dF/dX" in r.stdout and "+- se" in r.stdout and "sampler=importance" in r.stdout
     # other libraries' INFO lines stay in the run's log file
     assert "[INFO]" in (tmp_path / "run1" / "cli.log").read_text()
+
+
+REPAIR = """
+import warnings, jax, jax.numpy as jnp
+from placement import runtime
+path = runtime.compile_cache_dir()
+path.mkdir(parents=True)
+(path / "jit_old-0123-cache").write_bytes(b"x")  # an entry from a process without a size limit
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    runtime.enable_compile_cache(0.0)
+    jax.jit(lambda x: jnp.sin(x) * 3.0)(jnp.ones(3)).block_until_ready()
+print(sorted(p.name.rsplit("-", 1)[-1] for p in path.iterdir() if not p.name.startswith(".")))
+print([str(w.message)[:200] for w in caught if "persistent compilation cache" in str(w.message)])
+"""
+
+
+def test_an_entry_without_its_access_time_does_not_stop_later_cache_writes(tmp_path):
+    env = dict(os.environ, PLACEMENT_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
+    r = subprocess.run([sys.executable, "-c", REPAIR], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kinds, failed = r.stdout.strip().splitlines()
+    assert failed == "[]", failed  # JAX's eviction scan read every entry's access time
+    kinds = eval(kinds)  # noqa: S307 - our own printed list
+    assert kinds.count("cache") >= 2 and kinds.count("atime") == kinds.count("cache"), kinds  # new entries written
