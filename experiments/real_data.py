@@ -353,23 +353,45 @@ def run(datasets, methods, splits):
 def summarise():
     """{(dataset, method): {evaluator: (share, se, splits)}, seconds: median} from the log."""
     rows = [json.loads(line) for line in LOG.read_text().splitlines() if line.strip()]
+    main_log = OUT / "real_data.jsonl"
+    if LOG.resolve() != main_log.resolve() and main_log.exists():  # a variants log: the default from the main one
+        rows += [r for r in (json.loads(line) for line in main_log.read_text().splitlines() if line.strip())
+                 if r.get("method") == DEFAULT]
     refs = {(r["dataset"], r["split"]): r for r in rows if r["method"] == "_random_ref"}
     res = {}
     for r in rows:
         if r["method"] == "_random_ref" or "error" in r or (r["dataset"], r["split"]) not in refs:
             continue
         ref = refs[(r["dataset"], r["split"])]
-        e = res.setdefault((r["dataset"], r["method"]), {"sklearn": [], "bayes": [], "seconds": []})
+        e = res.setdefault((r["dataset"], r["method"]), {"sklearn": {}, "bayes": {}, "seconds": []})
         for ev in ("sklearn", "bayes"):
-            e[ev].append(float(np.mean(np.asarray(ref[ev]) < r[ev])))
+            e[ev][r["split"]] = float(np.mean(np.asarray(ref[ev]) < r[ev]))
         e["seconds"].append(r["seconds"])
     out = {}
     for key, e in res.items():
         s = len(e["sklearn"])
-        out[key] = {ev: (float(np.mean(e[ev])), float(np.std(e[ev], ddof=1) / np.sqrt(s)) if s > 1 else float("nan"), s)
+        out[key] = {ev: (float(np.mean(list(e[ev].values()))),
+                         float(np.std(list(e[ev].values()), ddof=1) / np.sqrt(s)) if s > 1 else float("nan"), s)
                     for ev in ("sklearn", "bayes")}
         out[key]["seconds"] = float(np.median(e["seconds"]))
+        out[key]["per_split"] = {ev: e[ev] for ev in ("sklearn", "bayes")}
     return out
+
+
+DEFAULT = "expected_total_variance/bayes"  # `placement suggest`'s defaults
+
+
+def paired(summ, dataset, method, ev):
+    """(mean, SE, splits) of method's share minus the default's over the splits both ran: the
+    same starting points and random picks, so split-to-split variation cancels."""
+    a, b = summ.get((dataset, method)), summ.get((dataset, DEFAULT))
+    if a is None or b is None:
+        return None
+    common = sorted(set(a["per_split"][ev]) & set(b["per_split"][ev]))
+    if len(common) < 2:
+        return None
+    d = np.array([a["per_split"][ev][s] - b["per_split"][ev][s] for s in common])
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))), len(d)
 
 
 def report():
@@ -397,6 +419,21 @@ def report():
         secs = [summ[(d, m)]["seconds"] for d in datasets if (d, m) in summ]
         mean = [f"{np.mean(means[ev]):.2f}" if len(means[ev]) == len(datasets) else "" for ev in ("sklearn", "bayes")]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean[0]} | {mean[1]} | {np.median(secs):.1f} |")
+    lines += ["", f"Paired with the default ({DEFAULT}) on the same splits: the method's share minus the default's, "
+              "mean +- SE over splits (negative: better than the default; a difference beyond two SEs is one the "
+              "splits support).", "",
+              "| method | " + " | ".join(f"{d} sk | {d} fb" for d in datasets) + " |",
+              "|---|" + "---|---|" * len(datasets)]
+    for m in methods:
+        if m == DEFAULT:
+            continue
+        cells = []
+        for d in datasets:
+            for ev in ("sklearn", "bayes"):
+                v = paired(summ, d, m, ev)
+                cells.append("" if v is None else f"{v[0]:+.2f} +- {v[1]:.2f}" + (" *" if abs(v[0]) > 2 * v[1] else ""))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "*: beyond two SEs."]
     LOG.with_suffix(".md").write_text("\n".join(lines) + "\n")  # real_data.md for the default log
     print("\n".join(lines))
     import matplotlib
