@@ -52,7 +52,7 @@ def _no_gloo(text: str) -> str:  # Gloo (C++) announces its connections on stdou
 
 
 def test_two_processes_give_the_one_process_estimate_and_only_process_0_writes(tmp_path, session_cache_base):
-    args = ["gradient", "sampler=quadrature", "compile_cache=false"]
+    args = ["gradient", "sampler=quadrature"]
     (rc0, out0, err0), (rc1, out1, err1) = _together(tmp_path, session_cache_base,
                                                      lambda i: args + [f"hydra.run.dir={tmp_path / 'together'}"])
     assert rc0 == 0 and rc1 == 0, (err0[-2000:], err1[-2000:])
@@ -75,7 +75,7 @@ def test_two_processes_give_the_one_process_estimate_and_only_process_0_writes(t
 def test_processes_that_compute_different_draws_stop_with_one_error(tmp_path, session_cache_base):
     # process 1 has another seed: its posterior draws differ from process 0's at the first chunk
     runs = _together(tmp_path, session_cache_base,
-                     lambda i: ["gradient", f"seed={i}", f"hydra.run.dir={tmp_path / 'out'}", "compile_cache=false"])
+                     lambda i: ["gradient", f"seed={i}", f"hydra.run.dir={tmp_path / 'out'}"])
     for i, (rc, out, err) in enumerate(runs):
         assert rc == 2, (i, err[-2000:])
         assert "the processes computed different posterior draws" in err and "Traceback" not in err, err[-2000:]
