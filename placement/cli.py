@@ -343,8 +343,9 @@ def _suggest(cfg) -> None:
     import pandas as pd
 
     from placement.io import write_atomic, write_json
-    from placement.kernels import KERNELS
     from omegaconf import OmegaConf
+
+    from placement.gpjax import KERNEL_CLASSES
 
     from placement.errors import PlacementError
     from placement.suggest import SuggestConfig, read_table, suggest_arrays, suggestions_frame
@@ -360,7 +361,7 @@ def _suggest(cfg) -> None:
     if not isinstance(cfg.y_column, (str, int, float)):
         raise PlacementError(f"y_column must be one column name; got {plain(cfg.y_column)!r}.")
     X, y, names = read_table(cfg.data, None if x_columns is None else [str(c) for c in x_columns], str(cfg.y_column))
-    kname = next((n for n, c in KERNELS.items() if c.__name__ == cfg.kernel._target_.rsplit(".", 1)[-1]), "matern52")
+    kname = next((n for n, c in KERNEL_CLASSES.items() if c == cfg.kernel._target_.rsplit(".", 1)[-1]), "matern52")
     kopts = {o: plain(cfg.kernel[o]) for o in ("alpha", "period") if o in cfg.kernel}
     pending = cfg.get("pending", None)
     scfg = SuggestConfig(k=cfg.k, criterion=str(cfg.criterion), kernel=kname, seed=cfg.seed,

@@ -16,7 +16,7 @@ draws held fixed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,9 @@ from blackjax import diagnostics as bjd
 
 from placement import budget, distributed, memory, samplers
 from placement.errors import PlacementError
-from placement.model import JaxModel, paired
+
+if TYPE_CHECKING:  # placement.model imports PyMC (seconds); suggest's closed-form path needs none of it
+    from placement.model import JaxModel
 
 Array = jax.Array
 
@@ -125,6 +127,8 @@ def _one_terms(jm: JaxModel) -> Callable:
     """One draw's (log p, f, df/dX, d log p/dX). With the model's joint function (``model.paired``)
     the forward pass, where a GP factorises its covariance, runs once for both derivatives (two
     reverse passes from one linearisation)."""
+    from placement.model import paired
+
     pair = paired(jm)
     if pair is None:
         def one(theta, X, y):

@@ -79,3 +79,21 @@ def test_ratquad_and_periodic_values():
     p = KERNELS["periodic"](1, ls=1.5, period=4.0)(X).eval()
     assert p[0, 1] == pytest.approx(np.exp(-2 * np.sin(np.pi / 4.0) ** 2 / 1.5**2))
     assert p[0, 0] == pytest.approx(1.0)
+
+
+def test_the_light_name_table_names_every_kernel_class():
+    import subprocess
+    import sys
+
+    from placement.gpjax import KERNEL_CLASSES
+
+    assert {n: c.__name__ for n, c in KERNELS.items()} == KERNEL_CLASSES
+    # placement suggest (closed-form path) runs without importing PyMC
+    code = ("import sys, numpy as np\nfrom placement.suggest import SuggestConfig, suggest_arrays\n"
+            "x = np.linspace(0, 1, 8)[:, None]\n"
+            "suggest_arrays(x, np.sin(6 * x[:, 0]), None, SuggestConfig(k=1, restarts=4, steps=5, num_hyper=4, "
+            "num_fantasies=4, grid=16, progress='off'))\n"
+            "print(sorted(m for m in ('pymc', 'pytensor', 'arviz') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout

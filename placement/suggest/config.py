@@ -65,10 +65,10 @@ class SuggestConfig:
             raise PlacementError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}.")
         if self.sampler not in SUGGEST_SAMPLERS:
             raise PlacementError(f"sampler must be one of {', '.join(SUGGEST_SAMPLERS)} for suggest; got {self.sampler!r}.")
-        from placement.kernels import KERNELS
+        from placement.gpjax import KERNEL_CLASSES
 
-        if self.kernel not in KERNELS:
-            raise PlacementError(f"unknown kernel {self.kernel!r}; choose one of {', '.join(sorted(KERNELS))}.")
+        if self.kernel not in KERNEL_CLASSES:
+            raise PlacementError(f"unknown kernel {self.kernel!r}; choose one of {', '.join(sorted(KERNEL_CLASSES))}.")
         if self.kernel == "periodic" and self.period is None:
             raise PlacementError("the periodic kernel needs a period in the data's units, e.g. period=5.")
         num("alpha", float, 1e-12, "a positive number")

@@ -23,11 +23,9 @@ class Kernel(NamedTuple):
 
 def as_kernel(kernel) -> Kernel:
     """A Kernel from a name or a Kernel (names keep the default options)."""
-    from placement.kernels import KERNELS
-
     k = kernel if isinstance(kernel, Kernel) else Kernel(str(kernel))
-    if k.name not in KERNELS:
-        raise PlacementError(f"unknown kernel {k.name!r}; choose one of {', '.join(sorted(KERNELS))}.")
+    if k.name not in gpjax.KERNEL_CLASSES:
+        raise PlacementError(f"unknown kernel {k.name!r}; choose one of {', '.join(sorted(gpjax.KERNEL_CLASSES))}.")
     if k.name == "periodic" and k.period is None:
         raise PlacementError("the periodic kernel needs a period (in the data's units), e.g. period=5.")
     return k
