@@ -33,6 +33,7 @@ done ones are skipped; splits run in order so a partial run is balanced):
   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false" OMP_NUM_THREADS=1 nice -n 19 \
       python experiments/real_data.py --splits 20 [--datasets a,b] [--methods m1,m2]
   python experiments/real_data.py --report       (results/real_data.md and .png only; --log X.jsonl: X.md, X.png)
+  python experiments/real_data.py --first-split 20 --splits 30 --log X.jsonl ...   (splits 20-29 only)
 """
 
 from __future__ import annotations
@@ -317,10 +318,10 @@ def append(record):
         os.fsync(f.fileno())
 
 
-def run(datasets, methods, splits):
+def run(datasets, methods, splits, first=0):
     done = done_keys()
     cache = {name: load(name) for name in datasets}
-    for split in range(splits):
+    for split in range(first, splits):
         for name in datasets:
             X, y = cache[name]
             Xn, d = scaled(X), X.shape[1]
@@ -462,7 +463,8 @@ def report():
 def main():
     global LOG
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--splits", type=int, default=20)
+    ap.add_argument("--splits", type=int, default=20, help="run splits first-split .. splits - 1")
+    ap.add_argument("--first-split", type=int, default=0, help="first split to run (fresh splits for a replication)")
     ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--report", action="store_true", help="only write the table and figure from the log")
@@ -472,7 +474,7 @@ def main():
     if not a.report:
         import placement  # noqa: F401  (x64 and the package's JAX settings)
 
-        run([s for s in a.datasets.split(",") if s], [m for m in a.methods.split(",") if m], a.splits)
+        run([s for s in a.datasets.split(",") if s], [m for m in a.methods.split(",") if m], a.splits, a.first_split)
     report()
 
 

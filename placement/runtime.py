@@ -238,7 +238,7 @@ def enable_compile_cache(min_compile_time_secs: float = 0.5) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
-    if jax.config.jax_compilation_cache_max_size == -1:
+    if getattr(jax.config, "jax_compilation_cache_max_size", None) == -1:  # -1: JAX's "no limit"
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     repair_cache_times(path)
     install_stderr_filter()
