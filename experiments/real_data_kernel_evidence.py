@@ -70,13 +70,11 @@ def evidences(splits):
 
 
 def shares():
-    """{(dataset, split, method): {evaluator: share}} from the two logs."""
-    rows = [json.loads(line) for f in ("real_data.jsonl", "real_data_variants.jsonl")
-            for line in (HERE / "results" / f).read_text().splitlines() if line.strip()]
-    refs = {(r["dataset"], r["split"]): r for r in rows if r["method"] == "_random_ref"}
-    return {(r["dataset"], r["split"], r["method"]): {e: float(np.mean(np.asarray(refs[(r["dataset"], r["split"])][e])
-                                                                       < r[e])) for e in ("sklearn", "bayes")}
-            for r in rows if r["method"] != "_random_ref" and "error" not in r}
+    """{(dataset, split, method): {evaluator: share}}: real_data.py's per-split shares from the
+    variants log, with the default's from the main log."""
+    rd.LOG = HERE / "results" / "real_data_variants.jsonl"
+    return {(name, split, method): {e: v["per_split"][e][split] for e in ("sklearn", "bayes")}
+            for (name, method), v in rd.summarise().items() for split in v["per_split"]["sklearn"]}
 
 
 def table(ev, sh):

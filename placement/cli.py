@@ -342,12 +342,11 @@ def json_dumps(obj) -> str:
 def _suggest(cfg) -> None:
     import pandas as pd
 
-    from placement.io import write_atomic, write_json
     from omegaconf import OmegaConf
 
-    from placement.gpjax import KERNEL_CLASSES
-
     from placement.errors import PlacementError
+    from placement.gpjax import KERNEL_CLASSES
+    from placement.io import write_atomic, write_json
     from placement.suggest import SuggestConfig, read_table, suggest_arrays, suggestions_frame
 
     t0 = time.perf_counter()

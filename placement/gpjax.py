@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from jax.lax.linalg import triangular_solve
 
 
-# Every kernel name and the placement.kernels class (a PyMC covariance) of the same formula. Here, not
-# only in placement.kernels, so that code needing the names alone (``placement suggest``'s checks)
-# does not import PyMC (about 4 s).
+# Every kernel name and the placement.kernels class (a PyMC covariance) of the same formula; the one
+# name table (placement.kernels.KERNELS is built from it). Here, so that code needing the names alone
+# (``placement suggest``'s checks) does not import PyMC (about 4 s).
 KERNEL_CLASSES = {"matern12": "Matern12", "matern32": "Matern32", "matern52": "Matern52", "expquad": "ExpQuad",
                   "ratquad": "RatQuad", "periodic": "Periodic"}
 

@@ -18,6 +18,8 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
+from placement.gpjax import KERNEL_CLASSES
+
 __all__ = [
     "Matern12",
     "Matern32",
@@ -114,11 +116,5 @@ class Periodic(_DifferenceStationary):
         return pt.exp(-2.0 * pt.sum(pt.square(s), axis=-1))
 
 
-KERNELS = {
-    "matern12": Matern12,
-    "matern32": Matern32,
-    "matern52": Matern52,
-    "expquad": ExpQuad,
-    "ratquad": RatQuad,
-    "periodic": Periodic,
-}
+# name -> class, from the one name table (placement.gpjax.KERNEL_CLASSES, importable without PyMC)
+KERNELS = {name: globals()[cls] for name, cls in KERNEL_CLASSES.items()}
