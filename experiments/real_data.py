@@ -75,6 +75,8 @@ def options(tokens):
 
     out = {}
     for t in tokens:
+        if t == "pool":  # not a setting: pick() passes every data point's inputs as target=
+            continue
         if t == "spacing":
             out["ell_prior"] = "spacing"
         elif t in KERNELS:
@@ -207,12 +209,12 @@ def snap(points, Xn, taken):
     return out
 
 
-def _ours(Xn, yo, k, seed, criterion, sampler, **opts):
+def _ours(Xn, yo, k, seed, criterion, sampler, target=None, **opts):
     from placement.suggest import SuggestConfig, suggest_arrays
 
     bounds = np.tile([0.0, 1.0], (Xn.shape[1], 1))
     pts, _ = suggest_arrays(Xn, yo, bounds, SuggestConfig(k=k, criterion=criterion, sampler=sampler, seed=seed,
-                                                          progress="off", **opts))
+                                                          progress="off", **opts), target=target)
     return pts
 
 
@@ -242,7 +244,7 @@ def _maxvar(Xall, yo, start, k, seed):
     return chosen[len(start):]
 
 
-def _botorch(Xo, yo, k, seed):
+def _botorch(Xo, yo, k, seed, target=None):
     import torch
     from botorch.acquisition.active_learning import qNegIntegratedPosteriorVariance
     from botorch.fit import fit_gpytorch_mll
@@ -257,7 +259,12 @@ def _botorch(Xo, yo, k, seed):
     d = Xo.shape[1]
     gp = SingleTaskGP(torch.tensor(Xo), torch.tensor(yo)[:, None], outcome_transform=Standardize(m=1))
     fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
-    mc = torch.tensor(qmc.Sobol(d=d, scramble=True, seed=seed).random(256))
+    if target is None:
+        mc = torch.tensor(qmc.Sobol(d=d, scramble=True, seed=seed).random(256))
+    else:  # the data's inputs, as suggest's target= uses them (at most 256)
+        from placement.suggest.suggester import target_points
+
+        mc = torch.tensor(target_points(target, 256, seed))
     acq = qNegIntegratedPosteriorVariance(gp, mc_points=mc)
     bounds = torch.tensor(np.tile([[0.0], [1.0]], (1, d)))
     cand, _ = optimize_acqf(acq, bounds=bounds, q=k, num_restarts=BOTORCH_RESTARTS, raw_samples=BOTORCH_RAW)
@@ -271,7 +278,8 @@ def pick(method, Xn, y, start, seed):
     if is_placement(method):
         base, *tokens = method.split("+")
         crit, sampler = base.split("/")
-        return snap(_ours(Xn[start], yo, K, seed, crit, sampler, **options(tokens)), Xn, start)
+        target = Xn if "pool" in tokens else None  # the inputs of every point the score is taken over
+        return snap(_ours(Xn[start], yo, K, seed, crit, sampler, target=target, **options(tokens)), Xn, start)
     if method == "random":
         return [int(i) for i in np.random.default_rng(10_000 + seed).choice(rest, K, replace=False)]
     if method == "sobol":
@@ -282,8 +290,8 @@ def pick(method, Xn, y, start, seed):
         return _maximin(Xn, list(start), K)
     if method == "maxvar":
         return _maxvar(Xn, yo, list(start), K, seed)
-    if method == "botorch":
-        return snap(_botorch(Xn[start], yo, K, seed), Xn, start)
+    if method in ("botorch", "botorch+pool"):
+        return snap(_botorch(Xn[start], yo, K, seed, Xn if method == "botorch+pool" else None), Xn, start)
     raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 

@@ -369,7 +369,9 @@ def _suggest(cfg) -> None:
                          max_memory=plain(cfg.get("max_memory")), progress="auto",
                          approx=str(cfg.get("approx", "exact")), hsgp_m=cfg.get("hsgp_m", 40),
                          hsgp_c=cfg.get("hsgp_c", 2.0), **kopts, **{k: v for k, v in cfg.search.items()})
-    pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg, None if pending is None else str(pending), names)
+    target = cfg.get("target", None)
+    pts, info = suggest_arrays(X, y, plain(cfg.bounds), scfg, None if pending is None else str(pending), names,
+                               None if target is None else str(target))
     out = suggestions_frame(pts, names, info)
     run_dir = _run_dir()
     budget.raise_pending()  # a Ctrl-C or SIGTERM that Python dropped still stops the command here
@@ -378,6 +380,7 @@ def _suggest(cfg) -> None:
     write_json(run_dir / "suggest.json", {"suggestions": pts, "criterion": scfg.criterion, "before": info["before"],
                                           "after": info["after"], "bounds": info["bounds"], "seconds": seconds,
                                           "hyper_ess": info["hyper_ess"], "pending": info["pending"],
+                                          "target_points": info["target_points"],
                                           "cut_short": info["cut_short"], "versions": _versions()})
     from placement.plots import suggestion_plot
 

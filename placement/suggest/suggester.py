@@ -18,23 +18,27 @@ from placement.suggest.table import check_bounds, check_pending, frame_to_arrays
     suggestions_frame
 
 
-def suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
+def suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None, target=None):
     """Return (suggested points (k, d), info dict) in the original units. pending: points
     already suggested but not yet measured (array (p, d), DataFrame or CSV path); the batch
     is chosen as if they had been measured (criteria.py: their predictive mean as value);
-    names: the input columns, to pick them from a pending table by name."""
+    target: the points where the predictions matter (same forms; e.g. every site that could
+    be measured), over which the variances are averaged instead of over the box (at most
+    ``cfg.grid`` of them: a seeded random subset of more); names: the input columns, to pick
+    them from a pending or target table by name."""
     reporter = Reporter("suggest", "start-steps", cfg.progress)
     try:
         # each process by itself (no sharded work), by its own clock: placement.distributed
         with distributed.alone(), budget.scope(cfg.max_seconds, progress=reporter):
-            return _suggest_arrays(X, y, bounds, cfg, pending, names)
+            return _suggest_arrays(X, y, bounds, cfg, pending, names, target)
     finally:
         reporter.close()
 
 
-def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
+def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None, target=None):
     b, Xn, yn, (y_mean, y_sd) = prepare(X, y, bounds, cfg)
     Pn = normalise_pending(pending, b, names)
+    Tn = None if target is None else target_points(normalise_pending(target, b, names, "target"), cfg.grid, cfg.seed)
     span = b[:, 1] - b[:, 0]
     d = Xn.shape[1]
     kernel = for_bounds(cfg.kernel, b, cfg.alpha, cfg.period)
@@ -51,7 +55,7 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
         ell, eta, sigma, ess = hsgp.hsgp_draws(Xn, yn, kernel.name, basis, cfg.num_hyper, cfg.seed, cfg.sampler, prior)
     else:
         ell, eta, sigma, ess = hyper.hyper_draws(Xn, yn, kernel, cfg.num_hyper, cfg.seed, cfg.sampler, prior)
-    G = grid_points(d, cfg.grid, cfg.seed)
+    G = grid_points(d, cfg.grid, cfg.seed) if Tn is None else Tn
     draws = crit.draws(ell, eta, sigma)
     z = criteria.fantasy_normals(cfg.num_fantasies, len(draws[1]), cfg.k, cfg.seed)
     data = criteria.crit_data(Xn, yn, G, draws, z, kernel, Pn) if cfg.approx == "exact" \
@@ -70,20 +74,32 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None):
             "hyper": (ell, eta, sigma), "Xn": Xn, "yn": yn, "kernel": kernel, "pending": Pn * span + b[:, 0],
             "cut_short": found.cut_short, "search_group": found.group, "search_bytes": found.memory,
             "memory": planned,
-            "approx": cfg.approx}
+            "approx": cfg.approx, "target_points": None if Tn is None else len(Tn)}
     return Bn * span + b[:, 0], info
 
 
+def target_points(Tn, num: int, seed: int):
+    """The integration points from the user's target points (normalised): all of them, or a
+    seeded random subset of ``num`` when there are more (the cost grows with their number)."""
+    if len(Tn) == 0:
+        raise PlacementError("target holds no points; give at least one, or leave target unset (the whole box).")
+    if len(Tn) <= num:
+        return Tn
+    return Tn[np.sort(np.random.default_rng(seed).choice(len(Tn), num, replace=False))]
+
+
 def suggest(df, k: int = 5, x_columns=None, y_column: str = "y", bounds=None, criterion: str | None = None,
-            kernel: str = "matern52", seed: int = 0, pending=None, **options):
+            kernel: str = "matern52", seed: int = 0, pending=None, target=None, **options):
     """Python API: a DataFrame of k suggested points (input columns, pred_mean, pred_sd,
     <criterion>_before, <criterion>_after) for the observations in ``df``; ``pending``:
-    points suggested earlier and not yet measured (array, DataFrame or CSV path)."""
+    points suggested earlier and not yet measured; ``target``: the points where the
+    predictions matter, whose variances the criterion averages instead of the box's (each an
+    array, DataFrame or CSV path)."""
     X, y, names = frame_to_arrays(df, x_columns, y_column)
     if criterion is not None:
         options["criterion"] = criterion
     cfg = SuggestConfig(k=k, kernel=kernel, seed=seed, **options)
-    pts, info = suggest_arrays(X, y, bounds, cfg, pending, names)
+    pts, info = suggest_arrays(X, y, bounds, cfg, pending, names, target)
     out = suggestions_frame(pts, names, info)
     out.attrs["cut_short"] = info["cut_short"]  # "max_seconds" when the time budget ended the search
     return out
@@ -115,18 +131,21 @@ class Suggester:
     """Ask/tell: ``ask(k)`` suggests k points given the data and the points still pending
     (and adds them to the pending list); ``tell(X, y)`` adds measurements and removes the
     pending points they answer (within 1e-6 of the box's span per column). The box is fixed
-    when the object is made (bounds, default the first data's range)."""
+    when the object is made (bounds, default the first data's range), and so are the points
+    where the predictions matter (``target``, as in ``suggest``)."""
 
-    def __init__(self, df, x_columns=None, y_column: str = "y", bounds=None, pending=None, **options):
+    def __init__(self, df, x_columns=None, y_column: str = "y", bounds=None, pending=None, target=None, **options):
         X, y, self.names = frame_to_arrays(df, x_columns, y_column)
         self.bounds = check_bounds(bounds, X)
+        self.target = None if target is None else check_pending(target, X.shape[1], self.names, "target")
         self.options = options
         SuggestConfig(**options)  # check the settings now
         self.state = AskTellState(X, y, check_pending(pending, X.shape[1], self.names))
 
     def ask(self, k: int = 5, **options):
         cfg = SuggestConfig(**{**self.options, **options, "k": k})
-        pts, info = suggest_arrays(self.state.X, self.state.y, self.bounds, cfg, self.state.pending)
+        pts, info = suggest_arrays(self.state.X, self.state.y, self.bounds, cfg, self.state.pending,
+                                   target=self.target)
         self.state = self.state._replace(pending=np.concatenate([self.state.pending, pts]))
         return suggestions_frame(pts, self.names, info)
 

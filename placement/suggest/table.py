@@ -104,23 +104,24 @@ def prepare(X, y, bounds, cfg=None):
     return b, np.clip(Xn, 0.0, 1.0), (y - y_mean) / y_sd, (y_mean, y_sd)
 
 
-def normalise_pending(pending, b, names=None):
-    """Pending points (see check_pending) on the normalised scale of bounds b (d, 2)."""
-    Pn = (check_pending(pending, b.shape[0], names) - b[:, 0]) / (b[:, 1] - b[:, 0])
+def normalise_pending(pending, b, names=None, what: str = "pending"):
+    """Points (see check_pending) on the normalised scale of bounds b (d, 2); ``what``
+    names them in errors (pending, target)."""
+    Pn = (check_pending(pending, b.shape[0], names, what) - b[:, 0]) / (b[:, 1] - b[:, 0])
     if np.any(Pn < -1e-9) or np.any(Pn > 1 + 1e-9):
-        raise PlacementError("some pending points lie outside the bounds; widen bounds or drop those points.")
+        raise PlacementError(f"some {what} points lie outside the bounds; widen bounds or drop those points.")
     return np.clip(Pn, 0.0, 1.0)
 
 
-def check_pending(pending, d: int, names=None):
-    """Pending points (suggested, not yet measured): None, an array (p, d) (or (p,) when
-    d = 1), a DataFrame or a CSV path: the input columns by name when it has them all (so a
-    suggestions.csv can be passed back as it is), else its first d columns. Returns (p, d),
-    possibly p = 0."""
+def check_pending(pending, d: int, names=None, what: str = "pending"):
+    """Points given by the user (pending: suggested, not yet measured; target: where the
+    predictions matter): None, an array (p, d) (or (p,) when d = 1), a DataFrame or a CSV
+    path: the input columns by name when it has them all (so a suggestions.csv can be passed
+    back as it is), else its first d columns. Returns (p, d), possibly p = 0."""
     if pending is None:
         return np.zeros((0, d))
     if isinstance(pending, (str, Path)):
-        pending = read_csv(pending, "pending file", "pending=path/to/points.csv")
+        pending = read_csv(pending, f"{what} file", f"{what}=path/to/points.csv")
     if hasattr(pending, "iloc"):
         named = names is not None and all(str(c) in map(str, pending.columns) for c in names)
         pending = pending[[c for c in pending.columns if str(c) in set(map(str, names))]] if named \
@@ -128,13 +129,13 @@ def check_pending(pending, d: int, names=None):
     try:
         P = np.asarray(pending, dtype=np.float64)
     except (TypeError, ValueError):
-        raise PlacementError("pending points must be numbers, one row per point and one column per input.") from None
+        raise PlacementError(f"{what} points must be numbers, one row per point and one column per input.") from None
     if P.ndim == 1 and d == 1:
         P = P[:, None]
     if P.ndim != 2 or P.shape[1] != d:
-        raise PlacementError(f"pending points need {d} input column(s), one row per point; got shape {P.shape}.")
+        raise PlacementError(f"{what} points need {d} input column(s), one row per point; got shape {P.shape}.")
     if not np.isfinite(P).all():
-        raise PlacementError("pending points must be finite numbers (no NaN or infinity).")
+        raise PlacementError(f"{what} points must be finite numbers (no NaN or infinity).")
     return P
 
 
