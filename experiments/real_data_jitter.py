@@ -1,15 +1,15 @@
 """How much of a method's share on a real data set is luck of the exact points picked?
 
 For each split, the default's logged picks (results/real_data.jsonl) are moved by a small
-random step along the series (each pick to a neighbour at most STEP positions away, among the
-points not yet chosen), and the moved design is scored exactly as real_data.py scores a method:
+random step: each pick to itself or one of its NEAR nearest measurements (in the [0, 1]-scaled
+inputs; on a 1-D series the points at most 2 positions away), among those not yet chosen. The
+moved design is scored exactly as real_data.py scores a method:
 the share of that split's recorded random picks that beat it. No design criterion that does not
 see the values can tell such neighbours apart (the variance criteria change by far less between
 them than between any two methods), so the spread of the share over the moves is a floor on the
 noise of one split's share; its SD is set against the SD of the shares between splits.
 
-1-D data sets only (the series' neighbours are the adjacent years or months).
-  python experiments/real_data_jitter.py sunspots elec_equip   (results/real_data_jitter.md)
+  python experiments/real_data_jitter.py sunspots elec_equip dem iris   (results/real_data_jitter.md)
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data as rd  # noqa: E402
 
-MOVES, STEP, SPLITS = 8, 2, 20
+MOVES, NEAR, SPLITS = 8, 4, 20
 OUT = rd.OUT / "real_data_jitter.md"
 
 
-def moved(picks, start, n, rng):
+def moved(picks, start, Xn, rng):
     taken, out = set(int(i) for i in start), []
     for p in picks:
-        near = [j for j in range(max(0, p - STEP), min(n, p + STEP + 1)) if j not in taken]
+        order = np.argsort(np.sum((Xn - Xn[p]) ** 2, 1), kind="stable")  # p itself first
+        near = [int(j) for j in order if int(j) not in taken][: NEAR + 1]
         j = int(rng.choice(near))
         taken.add(j)
         out.append(j)
@@ -41,27 +42,24 @@ def main(names):
     rows = [json.loads(line) for line in rd.LOG.read_text().splitlines() if line.strip()]
     refs = {(r["dataset"], r["split"]): r for r in rows if r["method"] == "_random_ref"}
     picks = {(r["dataset"], r["split"]): r for r in rows if r["method"] == rd.DEFAULT and "picked" in r}
-    lines = ["# Share of random picks that beat the default, after moving its picks by at most "
-             f"{STEP} positions", "",
+    lines = ["# Share of random picks that beat the default, after moving each pick to a near neighbour", "",
              f"experiments/real_data_jitter.py: the default's logged picks on each of {SPLITS} splits, each pick moved to "
-             f"a random neighbour at most {STEP} positions away ({MOVES} moves per split), scored as in "
+             f"itself or one of its {NEAR} nearest measurements not yet chosen ({MOVES} moves per split), scored as in "
              "real_data.py. Columns: the mean over splits of the SD of the share across the moves (luck of the exact "
              "points), the SD of the logged share between splits, and the mean |share change| of a move.", "",
              "| data set | evaluator | SD across moves (mean over splits) | SD between splits | mean abs change |",
              "|---|---|---|---|---|"]
     for name in names:
         X, y = rd.load(name)
-        if X.shape[1] != 1:
-            raise SystemExit(f"{name} is not 1-D")
-        Xn = rd.scaled(X)
+        Xn, d = rd.scaled(X), X.shape[1]
         within, logged, change = {"sklearn": [], "bayes": []}, {"sklearn": [], "bayes": []}, {"sklearn": [], "bayes": []}
         for split in range(SPLITS):
             ref, base = refs[(name, split)], picks[(name, split)]
-            start = rd.split_start(name, len(y), 1, split)
+            start = rd.split_start(name, len(y), d, split)
             rng = np.random.default_rng([split, 99])
             shares = {"sklearn": [], "bayes": []}
             for _ in range(MOVES):
-                idx = moved(base["picked"], start, len(y), rng)
+                idx = moved(base["picked"], start, Xn, rng)
                 r = rd.evaluate(Xn, y, np.concatenate([start, idx]), split)
                 for ev in shares:
                     shares[ev].append(float(np.mean(np.asarray(ref[ev]) < r[ev])))
@@ -79,4 +77,4 @@ def main(names):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["sunspots", "elec_equip"])
+    main(sys.argv[1:] or ["sunspots", "elec_equip", "dem", "iris"])
