@@ -4,10 +4,10 @@ For each split, the default's logged picks (results/real_data.jsonl) are moved b
 random step: each pick to itself or one of its NEAR nearest measurements (in the [0, 1]-scaled
 inputs; on a 1-D series the points at most 2 positions away), among those not yet chosen. The
 moved design is scored exactly as real_data.py scores a method:
-the share of that split's recorded random picks that beat it. No design criterion that does not
-see the values can tell such neighbours apart (the variance criteria change by far less between
-them than between any two methods), so the spread of the share over the moves is a floor on the
-noise of one split's share; its SD is set against the SD of the shares between splits.
+the share of that split's recorded random picks that beat it. Which neighbour gives the better
+refit depends on the values measured there, which a criterion that does not see them cannot
+know; so the spread of the share over the moves is noise that no such criterion controls. Its
+SD is set against the SD of the shares between splits.
 
   python experiments/real_data_jitter.py sunspots elec_equip dem iris   (results/real_data_jitter.md)
 """
