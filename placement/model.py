@@ -160,6 +160,22 @@ def _jaxify_each(inputs, outputs, groups) -> list[Callable]:
     return [jax_funcify(FunctionGraph(inputs=fgraph.inputs, outputs=[outs[i] for i in g], clone=True)) for g in groups]
 
 
+def _evaluate(inputs, outputs, args) -> list:
+    """The values of ``outputs`` at ``args``, computed once by PyTensor's Python linker on the graph
+    as written (no rewrites, nothing compiled): 0.05-0.4 s on a GP where evaluating it through JAX
+    op by op took 4.6 s, almost all of it compiling each op. An op without a Python implementation
+    falls back to that JAX path."""
+    from pytensor.compile.function import function
+    from pytensor.compile.mode import Mode
+    from pytensor.graph.utils import MethodNotDefined
+
+    try:
+        fn = function(inputs, outputs, mode=Mode(linker="py", optimizer=None), on_unused_input="ignore")
+        return list(fn(*args))
+    except (NotImplementedError, MethodNotDefined):
+        return list(get_jaxified_graph(inputs=inputs, outputs=outputs)(*args))
+
+
 def _rewrite_checked(outs, inputs, model, X0, y0):
     """``rewrites.exact_distances`` on ``outs``, kept only if the values at the model's
     initial point and data are unchanged (the rewrite matches a pattern, not a proof)."""
@@ -169,9 +185,8 @@ def _rewrite_checked(outs, inputs, model, X0, y0):
     point = model.initial_point()
     args = [point[v.name] for v in model.value_vars] + [X0] + ([] if y0 is None else [y0])
     with _quiet_rewrites():
-        before = get_jaxified_graph(inputs=inputs, outputs=outs)(*args)
-        after = get_jaxified_graph(inputs=inputs, outputs=new)(*args)
-    for a, b in zip(before, after):
+        values = _evaluate(inputs, [*outs, *new], args)
+    for a, b in zip(values[: len(outs)], values[len(outs):]):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         if np.all(np.isfinite(a)) and not np.allclose(a, b, rtol=1e-6, atol=1e-9):
             return outs, 0

@@ -133,3 +133,24 @@ def test_a_non_finite_draw_does_not_switch_the_self_check_off():
     s, df = derivatives(jm, thetas)
     r = check_gradients(make_values(jm), jm, thetas, s, df, jm.X, jnp.asarray(jm.y), jax.random.PRNGKey(1), directions=2)
     assert r.problem is not None and "d log p / dX" in r.problem
+
+
+def test_a_rewrite_that_changes_the_values_is_not_kept(monkeypatch):
+    """The distance rewrite matches a pattern, so the export keeps it only where the rewritten
+    graph has the original's values at the model's initial point. A rewrite that scales each
+    output by 1.001 is refused (nothing rewritten, the values are the original model's); the
+    real one is kept with the same values."""
+    import placement.rewrites as rw
+
+    model = marginal(STOCK["matern52"][0], X1, Y1)
+    real = from_pymc(model, "f")
+    assert real.distances_rewritten >= 1
+    exact = rw.exact_distances
+    monkeypatch.setattr(rw, "exact_distances", lambda outs: ([o * 1.001 for o in exact(outs)[0]], 4))
+    wrong = from_pymc(model, "f")
+    assert wrong.distances_rewritten == 0
+    plain = from_pymc(model, "f", exact_distances=False)
+    theta, X, y = jnp.asarray(real.initial_point), jnp.asarray(real.X), jnp.asarray(real.y)
+    for jm in (real, wrong):
+        for fn in ("logdensity", "objective"):
+            np.testing.assert_allclose(getattr(jm, fn)(theta, X, y), getattr(plain, fn)(theta, X, y), rtol=1e-9)
