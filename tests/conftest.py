@@ -54,6 +54,10 @@ def pytest_collection_modifyitems(config, items):
 # test (the in-process CLI's own enable_compile_cache cannot move it later). A size limit turns
 # on JAX's file lock around reads and writes, so one worker never reads an entry the other is
 # still writing. tests/test_quiet.py keeps a cache of its own: it tests the cold start.
+# Every compile is written (a small program recurs in many tests), so JAX's eviction scan, which
+# reads every entry of the folder before each write (82 ms at 1360 entries), runs once per
+# process, as in the package (runtime.evict_once_per_process); it would make the session's
+# writes quadratic in its compiles.
 SESSION_CACHE_BYTES = 32 * 2**30
 
 
@@ -68,13 +72,14 @@ def session_cache_base(tmp_path_factory):
 def _session_compile_cache(session_cache_base):
     import jax
 
-    from placement.runtime import compile_cache_dir
+    from placement.runtime import compile_cache_dir, evict_once_per_process
 
     path = compile_cache_dir(session_cache_base)
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_compilation_cache_max_size", SESSION_CACHE_BYTES)
+    evict_once_per_process()
     yield path
 
 

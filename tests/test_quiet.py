@@ -118,3 +118,26 @@ def test_an_entry_without_its_access_time_does_not_stop_later_cache_writes(tmp_p
     assert failed == "[]", failed  # JAX's eviction scan read every entry's access time
     kinds = eval(kinds)  # noqa: S307 - our own printed list
     assert kinds.count("cache") >= 2 and kinds.count("atime") == kinds.count("cache"), kinds  # new entries written
+
+
+def test_cache_eviction_scans_at_the_first_write_of_a_process_only(tmp_path, monkeypatch):
+    """The first write evicts the least recently used entries down to the limit less its
+    headroom; later writes of the process do not scan the folder (an entry that would make a
+    scan fail, one without its access-time file, does not stop them)."""
+    from jax._src import lru_cache
+
+    current = lru_cache.LRUCache._evict_if_needed
+    monkeypatch.setattr(lru_cache.LRUCache, "_evict_if_needed", getattr(current, "original", current))
+    assert runtime.evict_once_per_process()
+    limit = 8000  # headroom 1000 bytes
+    for i in range(11):  # 7700 bytes, entry 0 used least recently
+        (tmp_path / f"old{i}-cache").write_bytes(b"x" * 700)
+        (tmp_path / f"old{i}-atime").write_bytes((1000 + i).to_bytes(8, "little"))
+    cache = lru_cache.LRUCache(str(tmp_path), max_size=limit)
+    cache.put("new0", b"y" * 700)
+    left = sorted(p.name for p in tmp_path.glob("*-cache"))
+    assert "old0-cache" not in left and "old1-cache" in left and "new0-cache" in left, left
+    assert sum(p.stat().st_size for p in tmp_path.glob("*-cache")) <= limit - runtime.EVICTION_HEADROOM * limit + 700
+    (tmp_path / "orphan-cache").write_bytes(b"z")  # no access-time file: a scan would raise
+    cache.put("new1", b"y" * 700)
+    assert (tmp_path / "new1-cache").exists()
