@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pymc as pm
+import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
@@ -148,7 +149,7 @@ def _jaxify_each(inputs, outputs, groups) -> list[Callable]:
     """One JAX function per group of output indices (``get_jaxified_graph(inputs, [outputs[i] for
     i in group])``), from one pass of PyTensor's JAX rewrites over all outputs together (log p, the
     likelihood and f share most of a GP's graph; one pass each cost about 0.3 s more per export on
-    the seed GP)."""
+    the seed GP). An empty group gives None."""
     from pytensor.compile.mode import JAX
     from pytensor.graph.fg import FunctionGraph
     from pytensor.link.jax.dispatch import jax_funcify
@@ -157,7 +158,8 @@ def _jaxify_each(inputs, outputs, groups) -> list[Callable]:
     # JAX mode's rewrites, plus one covariance where PyMC built it twice (rewrites.SharedSums)
     JAX.including(rewrites.shared_sums_tag()).optimizer.rewrite(fgraph)
     outs = fgraph.outputs
-    return [jax_funcify(FunctionGraph(inputs=fgraph.inputs, outputs=[outs[i] for i in g], clone=True)) for g in groups]
+    return [jax_funcify(FunctionGraph(inputs=fgraph.inputs, outputs=[outs[i] for i in g], clone=True)) if g else None
+            for g in groups]
 
 
 def _evaluate(inputs, outputs, args) -> list:
@@ -193,6 +195,10 @@ def _rewrite_checked(outs, inputs, model, X0, y0):
     return new, count
 
 
+# PyTensor records a stack trace on every node it creates, for its error messages; the export's
+# rewrites create tens of thousands (a fifth of an export's time went to the traces). None are
+# recorded during the export: the user's own nodes, made before it, keep theirs.
+@pytensor.config.change_flags(traceback__limit=0)
 def from_pymc(
     model: pm.Model,
     objective: str | None,
@@ -266,8 +272,19 @@ def from_pymc(
     outs, _ = rewrites.gp_solves(outs)
     outs = [pt.cast(o, "float64") for o in outs]
     inputs = list(model.value_vars) + inputs_extra
+
+    # Further outputs, made in the same pass: extras (plots), then the natural-scale parameters.
+    extra_names = [n for n in extras if n in model.named_vars]
+    if extra_names:
+        ex = graph_replace(model.replace_rvs_by_values([model[n] for n in extra_names]), replace, strict=False)
+        outs += rewrites.exact_distances(ex)[0] if exact_distances else ex
+    free_rvs = list(model.free_RVs)
+    nat = model.replace_rvs_by_values(free_rvs)
+    outs += nat
+    groups = [(0,), (1,), (2,), (0, 2), tuple(range(3, 3 + len(extra_names))),
+              tuple(range(3 + len(extra_names), 3 + len(extra_names) + len(nat)))]
     with _quiet_rewrites():  # a broken model is reported once, below, not by every failed rewrite
-        fns = _jaxify_each(inputs, outs, [(0,), (1,), (2,), (0, 2)])
+        fns = _jaxify_each(inputs, outs, groups)
 
     names, shapes, sizes, flat0 = _flat_layout(model)
     offsets = np.cumsum([0] + sizes)
@@ -295,28 +312,19 @@ def from_pymc(
 
         return call
 
-    extra_names = [n for n in extras if n in model.named_vars]
     extras_fn = None
     if extra_names:
-        ex = model.replace_rvs_by_values([model[n] for n in extra_names])
-        ex = graph_replace(ex, replace, strict=False)
-        if exact_distances:
-            ex, _ = rewrites.exact_distances(ex)
-        ex_fn = get_jaxified_graph(inputs=inputs, outputs=ex)
-
         def extras_fn(theta, X, y=None):
-            return dict(zip(extra_names, ex_fn(*args_of(theta, X, y))))
+            return dict(zip(extra_names, fns[4](*args_of(theta, X, y))))
 
-    # Natural-scale parameters for reporting.
-    free_rvs = list(model.free_RVs)
-    (nat,) = [model.replace_rvs_by_values(free_rvs)]
-    nat_fn = get_jaxified_graph(inputs=list(model.value_vars), outputs=nat) if nat else None
+    # Natural-scale parameters for reporting (a function of theta alone; the data inputs are unused).
     rv_names = [rv.name for rv in free_rvs]
+    data0 = [jnp.asarray(X0)] + ([] if y0 is None else [jnp.asarray(y0)])
 
     def constrain(theta):
-        if nat_fn is None:
+        if not nat:
             return {}
-        return dict(zip(rv_names, nat_fn(*unflatten(theta))))
+        return dict(zip(rv_names, fns[5](*unflatten(theta), *data0)))
 
     flat_names = []
     for n, s, k in zip(names, shapes, sizes):
