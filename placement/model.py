@@ -243,8 +243,13 @@ def from_pymc(
         raise PlacementError(f"the design container {data!r} must have shape (n,) or (n, d); got {X0.shape}.")
     y0 = None if y_shared is None else np.asarray(y_shared.get_value(), dtype=np.float64)
 
-    logp = model.logp(jacobian=True)
-    loglik = model.logp(vars=model.observed_RVs, jacobian=False) if model.observed_RVs else pt.constant(0.0)
+    # one call for every term (free, then observed, then potentials); the likelihood is the
+    # observed ones (no Jacobian: observed variables are not transformed)
+    terms = [pt.sum(t) for t in model.logp(jacobian=True, sum=False)]
+    logp = pt.add(*terms) if len(terms) > 1 else terms[0]
+    n_free, n_obs = len(model.free_RVs), len(model.observed_RVs)
+    obs = terms[n_free : n_free + n_obs]
+    loglik = (pt.add(*obs) if len(obs) > 1 else obs[0]) if obs else pt.constant(0.0)
     (f,) = model.replace_rvs_by_values([model[objective]]) if objective is not None else [pt.constant(0.0, dtype="float64")]
     if f.ndim != 0:
         f = pt.sum(f) if f.type.shape == (1,) else f

@@ -25,6 +25,33 @@ def test_logdensity_matches_pymc_at_new_designs_and_data(seed_jm):
         assert float(seed_jm.objective(jnp.asarray(theta), X2, y2)) == pytest.approx(float(f(*theta)), rel=1e-9)
 
 
+def test_log_density_and_likelihood_match_pymc_with_two_observed_variables_and_a_potential():
+    """log p (every term, Jacobians included, a Potential too) and the likelihood (the observed
+    variables' terms only) against PyMC's own compiled log densities, at random points."""
+    X = np.linspace(0.0, 1.0, 6)
+    with pm.Model() as m:
+        Xd = pm.Data("X", X)
+        yd = pm.Data("y", np.sin(3 * X))
+        a = pm.Normal("a", 0.0, 1.0)
+        s = pm.HalfNormal("s", 0.5)
+        nu = pm.Gamma("nu", 2.0, 0.5)
+        pm.Normal("obs1", a * Xd, s, observed=yd)
+        pm.StudentT("obs2", nu=nu, mu=a, sigma=1.0, observed=np.array([0.3, -0.2]))
+        pm.Potential("pen", -0.5 * a**2)
+        pm.Deterministic("f", a * s)
+    jm = from_pymc(m, "f")
+    full = m.compile_logp()
+    lik = m.compile_logp(vars=m.observed_RVs, jacobian=False)
+    names = [v.name for v in m.value_vars]
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        theta = rng.normal(size=jm.ndim)
+        point = dict(zip(names, theta))
+        args = (jnp.asarray(theta), jnp.asarray(X), jnp.asarray(np.sin(3 * X)))
+        assert float(jm.logdensity(*args)) == pytest.approx(float(full(point)), rel=1e-10)
+        assert float(jm.loglik(*args)) == pytest.approx(float(lik(point)), rel=1e-10)
+
+
 def test_seed_data_reproduces_the_seed_script():
     n = 10
     X = np.linspace(0, 10, n)
