@@ -154,3 +154,28 @@ def test_a_rewrite_that_changes_the_values_is_not_kept(monkeypatch):
     for jm in (real, wrong):
         for fn in ("logdensity", "objective"):
             np.testing.assert_allclose(getattr(jm, fn)(theta, X, y), getattr(plain, fn)(theta, X, y), rtol=1e-9)
+
+
+def test_the_rewrite_check_evaluates_through_jax_when_an_op_has_no_python_implementation(monkeypatch):
+    """The check's values come from PyTensor's Python linker; where an op has no Python
+    implementation they come from JAX instead, with the same values."""
+    import pytensor.compile.function as ptf
+    import pytensor.tensor as pt
+    from pytensor.graph.utils import MethodNotDefined
+
+    from placement.model import _evaluate
+
+    a, b = pt.dvector("a"), pt.dscalar("b")
+    outs = [pt.sum(pt.exp(a) * b), pt.linalg.cholesky(pt.outer(a, a) + pt.eye(3))]
+    args = [np.array([0.1, -0.4, 0.7]), 2.5]
+    python = _evaluate([a, b], outs, args)
+
+    def no_python(*_, **__):
+        raise MethodNotDefined("perform")
+
+    monkeypatch.setattr(ptf, "function", no_python)
+    via_jax = _evaluate([a, b], outs, args)
+    A = np.outer(args[0], args[0]) + np.eye(3)
+    for got in (python, via_jax):
+        assert float(got[0]) == pytest.approx(float(np.sum(np.exp(args[0]) * args[1])), rel=1e-12)
+        np.testing.assert_allclose(np.asarray(got[1]), np.linalg.cholesky(A), rtol=1e-12)
