@@ -196,8 +196,9 @@ def _rewrite_checked(outs, inputs, model, X0, y0):
 
 
 # PyTensor records a stack trace on every node it creates, for its error messages; the export's
-# rewrites create tens of thousands (a fifth of an export's time went to the traces). None are
-# recorded during the export: the user's own nodes, made before it, keep theirs.
+# rewrites create tens of thousands (a warm export of the seed GP with its plot outputs: 0.94 s
+# with them, 0.83 s without). None are recorded during the export: the user's own nodes, made
+# before it, keep theirs.
 @pytensor.config.change_flags(traceback__limit=0)
 def from_pymc(
     model: pm.Model,
