@@ -21,6 +21,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import graph_replace
+from pytensor.tensor.math import variadic_add
 
 from placement.runtime import keep_xla_flags
 
@@ -247,10 +248,10 @@ def from_pymc(
     # one call for every term (free, then observed, then potentials); the likelihood is the
     # observed ones (no Jacobian: observed variables are not transformed)
     terms = [pt.sum(t) for t in model.logp(jacobian=True, sum=False)]
-    logp = pt.add(*terms) if len(terms) > 1 else terms[0]
+    logp = variadic_add(*terms)  # as PyMC sums them
     n_free, n_obs = len(model.free_RVs), len(model.observed_RVs)
     obs = terms[n_free : n_free + n_obs]
-    loglik = (pt.add(*obs) if len(obs) > 1 else obs[0]) if obs else pt.constant(0.0)
+    loglik = variadic_add(*obs) if obs else pt.constant(0.0)
     (f,) = model.replace_rvs_by_values([model[objective]]) if objective is not None else [pt.constant(0.0, dtype="float64")]
     if f.ndim != 0:
         f = pt.sum(f) if f.type.shape == (1,) else f
@@ -281,14 +282,15 @@ def from_pymc(
 
     # Further outputs, made in the same pass: extras (plots), then the natural-scale parameters.
     extra_names = [n for n in extras if n in model.named_vars]
+    i_extras = len(outs)
     if extra_names:
         ex = graph_replace(model.replace_rvs_by_values([model[n] for n in extra_names]), replace, strict=False)
         outs += rewrites.exact_distances(ex)[0] if exact_distances else ex
     free_rvs = list(model.free_RVs)
     nat = model.replace_rvs_by_values(free_rvs)
+    i_nat = len(outs)
     outs += nat
-    groups = [(0,), (1,), (2,), (0, 2), tuple(range(3, 3 + len(extra_names))),
-              tuple(range(3 + len(extra_names), 3 + len(extra_names) + len(nat)))]
+    groups = [(0,), (1,), (2,), (0, 2), tuple(range(i_extras, i_nat)), tuple(range(i_nat, len(outs)))]
     with _quiet_rewrites():  # a broken model is reported once, below, not by every failed rewrite
         fns = _jaxify_each(inputs, outs, groups)
 
