@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
+from scipy.special import logsumexp
 
 from placement import mixtures
 from placement.errors import PlacementError
@@ -202,6 +203,18 @@ def make_aim(cfg: ISConfig):
     return fit
 
 
+def _pad_rows(a: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """a with rows of ``fill`` appended up to n rows."""
+    a = np.asarray(a)
+    return a if a.shape[0] >= n else np.concatenate([a, np.full((n - a.shape[0],) + a.shape[1:], fill, a.dtype)])
+
+
+def pad_aim_rows(rows, n: int) -> list:
+    """The aim fit's rows (theta, log p, f, df/dX, score, log q) padded to n rows of zero weight
+    (log p = -inf), so the fit compiles once for every stage."""
+    return [_pad_rows(a, n, v) for a, v in zip(rows, (0.0, -np.inf, 0.0, 0.0, 0.0, 0.0), strict=True)]
+
+
 @register(ISConfig)
 def build(jm, cfg: ISConfig) -> Sampler:
     """``sampler=importance``: posterior fit, aim, final (RQMC) batch at each design;
@@ -224,10 +237,30 @@ def build(jm, cfg: ISConfig) -> Sampler:
     p = jm.ndim
     terms = shared_terms(jm) if cfg.aim else None
     aim_fit = make_aim(cfg) if cfg.aim else None
-    to_theta = jax.jit(mixtures.transform, static_argnames="df")
-    log_q_of = jax.jit(mixtures.logpdf, static_argnames="df")
-    pooled = jax.jit(mixtures.pooled_logpdf, static_argnames="df")
+    transform = jax.jit(mixtures.transform, static_argnames="df")
+    logpdf = jax.jit(mixtures.logpdf, static_argnames="df")
     mc = jax.jit(mixtures.mc_uniforms, static_argnames=("n", "p"))
+    # One compiled shape each for the mixture's map and density: every mixture has the final
+    # proposal's K components (mixtures.pad_components) and rows go in blocks of one aim stage.
+    K = len(cfg.scales) + (cfg.aim_components if cfg.aim else 0)
+    block = cfg.aim_samples // cfg.aim_stages if cfg.aim else 0
+
+    def blocked(fn, mix, a):
+        a, n = np.asarray(a), a.shape[0]  # host rows: slicing a device array would compile
+        if not block or n <= block or n % block:
+            return np.asarray(fn(mix, a, df=cfg.df))
+        return np.concatenate([np.asarray(fn(mix, a[i: i + block], df=cfg.df)) for i in range(0, n, block)])
+
+    def to_theta(mix, u):
+        return blocked(transform, mix, u)
+
+    def log_q_of(mix, theta):
+        return blocked(logpdf, mix, theta)
+
+    def pooled(mixes, theta):
+        """log density of the equal-share mixture of the proposals (draws pooled from equal
+        batches of each: the balance heuristic)."""
+        return logsumexp(np.stack([log_q_of(m, theta) for m in mixes]), axis=0) - np.log(len(mixes))
 
     def defensive(prop):
         return mixtures.around(prop.mean, prop.chol, cfg.scales, cfg.mix)
@@ -244,24 +277,24 @@ def build(jm, cfg: ISConfig) -> Sampler:
     def final_batch(key, mix):
         if cfg.qmc:
             seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
-            u = jnp.asarray(mixtures.sobol_uniforms(seed, cfg.qmc_groups, cfg.num_samples // cfg.qmc_groups, p))
+            u = mixtures.sobol_uniforms(seed, cfg.qmc_groups, cfg.num_samples // cfg.qmc_groups, p)
         else:
             u = mc(key, n=cfg.num_samples, p=p)
-        theta = to_theta(mix, u, df=cfg.df)
+        theta = to_theta(mix, u)
         info = ISInfo(0, 0, cfg.qmc_groups if cfg.qmc else 0)
-        return Sample(np.asarray(theta), np.asarray(log_q_of(mix, theta, df=cfg.df)), None, None, info,
+        return Sample(theta, log_q_of(mix, theta), None, None, info,
                       groups=cfg.qmc_groups if cfg.qmc else None)
 
     def aim(key, prop, X, y):
-        mixes, thetas, evs = [defensive(prop)], [], []  # stage 0 draws from this design's posterior fit
-        nb = cfg.aim_samples // cfg.aim_stages
+        # stage 0 draws from this design's posterior fit, padded to the final proposal's size
+        mixes, thetas, evs = [mixtures.pad_components(defensive(prop), K)], [], []
         for j in range(cfg.aim_stages):  # stage j draws from the latest fit; each fit pools all stages
-            theta = np.asarray(to_theta(mixes[-1], mc(jax.random.fold_in(key, j), n=nb, p=p), df=cfg.df))
+            theta = to_theta(mixes[-1], mc(jax.random.fold_in(key, j), n=block, p=p))
             thetas.append(theta)
             evs.append(terms(theta, X, y))
             th = np.concatenate(thetas)  # host-side joins: no eager compiles
             ev = [np.concatenate([e[i] for e in evs]) for i in range(4)]
-            mixes.append(aim_fit(prop, th, *ev, pooled(mixes[: j + 1], th, df=cfg.df)))
+            mixes.append(aim_fit(prop, *pad_aim_rows([th, *ev, pooled(mixes[: j + 1], th)], cfg.aim_samples)))
         return mixes[-1]
 
     def draw(key, state, X, y):

@@ -103,10 +103,17 @@ def combine(m1: Mixture, share1: float, m2: Mixture) -> Mixture:
                    jnp.concatenate([m1.logw + jnp.log(share1), m2.logw + jnp.log1p(-share1)]))
 
 
-def pooled_logpdf(mixes, theta: Array, df: float) -> Array:
-    """log density of the equal-share mixture of several proposals (draws pooled from equal
-    batches of each: the balance heuristic)."""
-    return jax.scipy.special.logsumexp(jnp.stack([logpdf(m, theta, df) for m in mixes]), axis=0) - jnp.log(len(mixes))
+def pad_components(mix: Mixture, K: int) -> Mixture:
+    """The same mixture with K components: zero-weight copies of the first in front. Its density
+    is the same, and so are its draws from the same uniforms (a zero weight is an empty interval
+    of the component coordinate, and hi(c) = 0 <= u puts u past it), so mixtures of different
+    sizes share one compiled shape. Host side (numpy: nothing compiled for it)."""
+    mix = Mixture(*(np.asarray(a) for a in mix))
+    k = K - mix.logw.shape[0]
+    if k <= 0:
+        return mix
+    rep = lambda a: np.concatenate([np.repeat(a[:1], k, axis=0), a])  # noqa: E731
+    return Mixture(rep(mix.means), rep(mix.chols), np.concatenate([np.full(k, -np.inf), mix.logw]))
 
 
 def weighted_moments(a: Array, theta: Array):
