@@ -137,29 +137,80 @@ def proposal_from_moments(mean, cov) -> Proposal:
     return Proposal(mean, jnp.linalg.cholesky(cov))
 
 
-def make_adapt(logp: Callable, cfg: ISConfig):
+class MixtureOps(NamedTuple):
+    """The sampler's t mixtures at one compiled shape each (``make_mixture_ops``). Draws and
+    densities are host arrays (numpy)."""
+
+    defensive: Callable  # prop -> the posterior fit's mixture (scales, mix), padded to the final K
+    draws: Callable  # (key, mix, n) -> theta (n, p): Monte Carlo, the component coordinate stratified
+    to_theta: Callable  # (mix, u) -> theta: uniforms (N, p + 1) mapped through the mixture
+    log_q: Callable  # (mix, theta) -> log density (N,)
+    pooled: Callable  # (mixes, theta) -> log density of their equal-share mixture (the balance heuristic)
+
+
+_transform = jax.jit(mixtures.transform, static_argnames="df")
+_logpdf = jax.jit(mixtures.logpdf, static_argnames="df")
+_uniforms = jax.jit(mixtures.mc_uniforms, static_argnames=("n", "p"))
+
+
+def make_mixture_ops(cfg: ISConfig, p: int) -> MixtureOps:
+    """Every mixture padded to the final proposal's K components (``mixtures.pad_components``)
+    and rows in blocks of ``adapt_samples``, so that the posterior fit, the aim's stages and the
+    final batch share one compiled map and one compiled density (a cold default gradient
+    compiled them seven times at different sizes, 4.3 s of its 10.9 s of compiles). A row count
+    that is not a multiple of the block goes whole."""
+    K = len(cfg.scales) + (cfg.aim_components if cfg.aim else 0)
+    block = int(cfg.adapt_samples)
+
+    def blocked(fn, mix, a):
+        a, n = np.asarray(a), a.shape[0]  # host rows: slicing a device array would compile
+        if n <= block or n % block:
+            return np.asarray(fn(mix, a, df=cfg.df))
+        return np.concatenate([np.asarray(fn(mix, a[i: i + block], df=cfg.df)) for i in range(0, n, block)])
+
+    def to_theta(mix, u):
+        return blocked(_transform, mix, u)
+
+    def log_q(mix, theta):
+        return blocked(_logpdf, mix, theta)
+
+    def draws(key, mix, n):
+        if n % block:
+            return to_theta(mix, _uniforms(key, n=n, p=p))
+        return np.concatenate([to_theta(mix, _uniforms(jax.random.fold_in(key, b), n=block, p=p))
+                               for b in range(n // block)])
+
+    def pooled(mixes, theta):
+        return logsumexp(np.stack([log_q(m, theta) for m in mixes]), axis=0) - np.log(len(mixes))
+
+    def defensive(prop):
+        return mixtures.pad_components(mixtures.around(prop.mean, prop.chol, cfg.scales, cfg.mix), K)
+
+    return MixtureOps(defensive, draws, to_theta, log_q, pooled)
+
+
+@jax.jit
+def _refit(prop: Proposal, theta, lp, log_q) -> Proposal:
+    """Moment matching to the self-normalised weights exp(lp - log_q); the old fit where that fails."""
+    log_w = lp - log_q
+    log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
+    new = proposal_from_moments(*mixtures.weighted_moments(jax.nn.softmax(log_w), theta))
+    ok = jnp.all(jnp.isfinite(new.chol)) & jnp.all(jnp.isfinite(new.mean))
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, prop)
+
+
+def make_adapt(logp: Callable, cfg: ISConfig, ops: MixtureOps):
     """The posterior fit ``adapt(key, prop, X, y, iters) -> prop``: ``iters`` rounds of moment
-    matching from ``adapt_samples`` weighted draws. Each round's log densities go through
-    ``logp(thetas, X, y) -> (N,)``, the shared chunked evaluation (``estimator.shared_logdensity``:
-    batches planned for max_memory, the time budget and signals between chunks); drawing and
-    refitting are one small compiled call each."""
-
-    @jax.jit
-    def draw(key, i, prop):
-        return proposal_sample(jax.random.fold_in(key, i), prop, cfg.adapt_samples, cfg)
-
-    @jax.jit
-    def refit(prop, theta, lp):
-        log_w = lp - proposal_logpdf(prop, theta, cfg)
-        log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-        new = proposal_from_moments(*mixtures.weighted_moments(jax.nn.softmax(log_w), theta))
-        ok = jnp.all(jnp.isfinite(new.chol)) & jnp.all(jnp.isfinite(new.mean))
-        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, prop)
+    matching from ``adapt_samples`` weighted draws of the fit's t mixture. Each round's log
+    densities go through ``logp(thetas, X, y) -> (N,)``, the shared chunked evaluation
+    (``estimator.shared_logdensity``: batches planned for max_memory, the time budget and
+    signals between chunks); drawing and the mixture's density are ``ops``' compiled calls."""
 
     def adapt(key, prop, X, y, iters=cfg.adapt_iters):
         for i in range(iters):
-            theta = draw(key, i, prop)
-            prop = refit(prop, theta, jnp.asarray(logp(np.asarray(theta), X, y)))
+            mix = ops.defensive(prop)
+            theta = ops.draws(jax.random.fold_in(key, i), mix, cfg.adapt_samples)
+            prop = _refit(prop, theta, np.asarray(logp(theta, X, y)), ops.log_q(mix, theta))
         return prop
 
     return adapt
@@ -231,39 +282,14 @@ def build(jm, cfg: ISConfig) -> Sampler:
     difference to the SE (median relative SE 0.0123 warm, 0.0123 afresh over 25 steps)."""
     if cfg.pilot not in ("wide", "laplace"):
         raise PlacementError(f"sampler.pilot must be 'wide' or 'laplace' (got {cfg.pilot!r}).")
-    adapt = make_adapt(shared_logdensity(jm), cfg)
+    ops = make_mixture_ops(cfg, jm.ndim)
+    adapt = make_adapt(shared_logdensity(jm), cfg, ops)
     laplace = make_laplace(jm.logdensity) if cfg.pilot == "laplace" else None
     theta0 = jnp.asarray(jm.initial_point)
     p = jm.ndim
     terms = shared_terms(jm) if cfg.aim else None
     aim_fit = make_aim(cfg) if cfg.aim else None
-    transform = jax.jit(mixtures.transform, static_argnames="df")
-    logpdf = jax.jit(mixtures.logpdf, static_argnames="df")
-    mc = jax.jit(mixtures.mc_uniforms, static_argnames=("n", "p"))
-    # One compiled shape each for the mixture's map and density: every mixture has the final
-    # proposal's K components (mixtures.pad_components) and rows go in blocks of one aim stage.
-    K = len(cfg.scales) + (cfg.aim_components if cfg.aim else 0)
-    block = cfg.aim_samples // cfg.aim_stages if cfg.aim else 0
-
-    def blocked(fn, mix, a):
-        a, n = np.asarray(a), a.shape[0]  # host rows: slicing a device array would compile
-        if not block or n <= block or n % block:
-            return np.asarray(fn(mix, a, df=cfg.df))
-        return np.concatenate([np.asarray(fn(mix, a[i: i + block], df=cfg.df)) for i in range(0, n, block)])
-
-    def to_theta(mix, u):
-        return blocked(transform, mix, u)
-
-    def log_q_of(mix, theta):
-        return blocked(logpdf, mix, theta)
-
-    def pooled(mixes, theta):
-        """log density of the equal-share mixture of the proposals (draws pooled from equal
-        batches of each: the balance heuristic)."""
-        return logsumexp(np.stack([log_q_of(m, theta) for m in mixes]), axis=0) - np.log(len(mixes))
-
-    def defensive(prop):
-        return mixtures.around(prop.mean, prop.chol, cfg.scales, cfg.mix)
+    defensive = ops.defensive
 
     def init(key, X, y):
         if laplace is not None:
@@ -278,23 +304,22 @@ def build(jm, cfg: ISConfig) -> Sampler:
         if cfg.qmc:
             seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
             u = mixtures.sobol_uniforms(seed, cfg.qmc_groups, cfg.num_samples // cfg.qmc_groups, p)
+            theta = ops.to_theta(mix, u)
         else:
-            u = mc(key, n=cfg.num_samples, p=p)
-        theta = to_theta(mix, u)
+            theta = ops.draws(key, mix, cfg.num_samples)
         info = ISInfo(0, 0, cfg.qmc_groups if cfg.qmc else 0)
-        return Sample(theta, log_q_of(mix, theta), None, None, info,
+        return Sample(theta, ops.log_q(mix, theta), None, None, info,
                       groups=cfg.qmc_groups if cfg.qmc else None)
 
     def aim(key, prop, X, y):
-        # stage 0 draws from this design's posterior fit, padded to the final proposal's size
-        mixes, thetas, evs = [mixtures.pad_components(defensive(prop), K)], [], []
+        mixes, thetas, evs = [defensive(prop)], [], []  # stage 0 draws from this design's posterior fit
         for j in range(cfg.aim_stages):  # stage j draws from the latest fit; each fit pools all stages
-            theta = to_theta(mixes[-1], mc(jax.random.fold_in(key, j), n=block, p=p))
+            theta = ops.draws(jax.random.fold_in(key, j), mixes[-1], cfg.aim_samples // cfg.aim_stages)
             thetas.append(theta)
             evs.append(terms(theta, X, y))
             th = np.concatenate(thetas)  # host-side joins: no eager compiles
             ev = [np.concatenate([e[i] for e in evs]) for i in range(4)]
-            mixes.append(aim_fit(prop, *pad_aim_rows([th, *ev, pooled(mixes[: j + 1], th)], cfg.aim_samples)))
+            mixes.append(aim_fit(prop, *pad_aim_rows([th, *ev, ops.pooled(mixes[: j + 1], th)], cfg.aim_samples)))
         return mixes[-1]
 
     def draw(key, state, X, y):
