@@ -598,6 +598,7 @@ def estimate(terms: Callable, sample: Sample, X, y, evaluated=None) -> GradientE
         diag["ess_weights"] = float(out["ess_weights"])
         diag["ess_bulk_min"] = diag["ess_weights"]
         diag["pareto_k"] = float(_khat(out["log_w"]))
+        diag["spread_ratio"] = spread_ratio(np.asarray(sample.theta)[out["ok"]], np.asarray(out["W"])[out["ok"]])
         diag["rhat_max"] = float("nan")
     return GradientEstimate(
         F=float(out["F"]),
@@ -606,6 +607,27 @@ def estimate(terms: Callable, sample: Sample, X, y, evaluated=None) -> GradientE
         grad_se=np.asarray(grad_se).reshape(xshape),
         diagnostics=diag,
     )
+
+
+def spread_ratio(theta, W) -> float:
+    """The largest variance of the weighted draws relative to the draws themselves, over all
+    directions: the top eigenvalue of C_draws^-1 C_weighted. A proposal wider than the
+    posterior, as the importance sampler's are by design, gives less than 1 (0.22-0.27 over 30
+    seeds each of the seed and conjugate problems); weights that favour the proposal's outskirts
+    give more: the proposal is narrower than the posterior in that direction, so the draws miss
+    part of it and neither the Pareto k nor the weight ESS need show it (1.9-10.6 on the
+    conjugate problem with an unadapted pilot 0.05 wide, where an estimate with k 0.55 and
+    weight ESS 116 of 512 was 22 SE off). NaN when the draws' covariance is singular."""
+    theta, W = np.asarray(theta, dtype=np.float64), np.asarray(W, dtype=np.float64)
+    if theta.ndim != 2 or theta.shape[0] <= theta.shape[1] or not np.sum(W) > 0:
+        return float("nan")
+    C = np.atleast_2d(np.cov(theta.T))
+    Cw = np.atleast_2d(np.cov(theta.T, aweights=W / np.sum(W), ddof=0))
+    try:
+        Li = np.linalg.inv(np.linalg.cholesky(C))
+    except np.linalg.LinAlgError:
+        return float("nan")
+    return float(np.max(np.linalg.eigvalsh(Li @ Cw @ Li.T)))
 
 
 def group_se(W, psi, groups: int) -> np.ndarray:

@@ -150,7 +150,6 @@ class MixtureOps(NamedTuple):
 
 _transform = jax.jit(mixtures.transform, static_argnames="df")
 _logpdf = jax.jit(mixtures.logpdf, static_argnames="df")
-_uniforms = jax.jit(mixtures.mc_uniforms, static_argnames=("n", "p"))
 
 
 def make_mixture_ops(cfg: ISConfig, p: int) -> MixtureOps:
@@ -175,10 +174,7 @@ def make_mixture_ops(cfg: ISConfig, p: int) -> MixtureOps:
         return blocked(_logpdf, mix, theta)
 
     def draws(key, mix, n):
-        if n % block:
-            return to_theta(mix, _uniforms(key, n=n, p=p))
-        return np.concatenate([to_theta(mix, _uniforms(jax.random.fold_in(key, b), n=block, p=p))
-                               for b in range(n // block)])
+        return to_theta(mix, mixtures.mc_uniforms(mixtures.host_seed(key), n, p))
 
     def pooled(mixes, theta):
         return logsumexp(np.stack([log_q(m, theta) for m in mixes]), axis=0) - np.log(len(mixes))
@@ -302,8 +298,7 @@ def build(jm, cfg: ISConfig) -> Sampler:
 
     def final_batch(key, mix):
         if cfg.qmc:
-            seed = int(jax.random.randint(key, (), 0, np.iinfo(np.int32).max))
-            u = mixtures.sobol_uniforms(seed, cfg.qmc_groups, cfg.num_samples // cfg.qmc_groups, p)
+            u = mixtures.sobol_uniforms(mixtures.host_seed(key), cfg.qmc_groups, cfg.num_samples // cfg.qmc_groups, p)
             theta = ops.to_theta(mix, u)
         else:
             theta = ops.draws(key, mix, cfg.num_samples)

@@ -72,14 +72,21 @@ def transform(mix: Mixture, u: Array, df: float) -> Array:
     return mix.means[c] + jnp.einsum("nij,nj->ni", mix.chols[c], t)
 
 
-def mc_uniforms(key, n: int, p: int) -> Array:
-    """Uniforms (n, p + 1) with coordinate 0 stratified in n cells (exact component shares)."""
-    u = jax.random.uniform(key, (n, p + 1), dtype=jnp.float64)
-    u0 = (jnp.arange(n) + u[:, 0]) / n
-    return u.at[:, 0].set(jax.random.permutation(jax.random.fold_in(key, 1), u0))
+def mc_uniforms(seed, n: int, p: int) -> np.ndarray:
+    """Uniforms (n, p + 1) with coordinate 0 stratified in n cells (exact component shares).
+    Host side (numpy's generator from ``seed``: nothing compiled for it)."""
+    rng = np.random.default_rng(seed)
+    u = rng.random((n, p + 1))
+    u[:, 0] = rng.permutation((np.arange(n) + u[:, 0]) / n)
+    return u
 
 
-def sobol_uniforms(seed: int, groups: int, n: int, p: int) -> np.ndarray:
+def host_seed(key) -> list[int]:
+    """A numpy seed from a JAX key's bits (no compiled call)."""
+    return [int(v) for v in np.ravel(np.asarray(jax.random.key_data(key)))]
+
+
+def sobol_uniforms(seed, groups: int, n: int, p: int) -> np.ndarray:
     """``groups`` independently scrambled Sobol sets of n = 2^m points in [0, 1]^(p + 1),
     group-major (groups * n, p + 1). Host side (scipy's scrambled Sobol)."""
     from scipy.stats import qmc

@@ -1,8 +1,8 @@
 """Sampler trouble: detect it, retry with safer settings, and say what was done.
 
 ``diagnose`` is the one trust rule: it turns an estimate's diagnostics into trouble codes
-(non-finite values, divergences, r_hat, tiny ESS, heavy-tailed importance weights, a low
-weight ESS, grid-edge mass, grid mass at nodes where the model is not finite, a failed
+(non-finite values, divergences, r_hat, tiny ESS, heavy-tailed importance weights, a
+proposal narrower than the posterior, a low weight ESS, grid-edge mass, grid mass at nodes where the model is not finite, a failed
 gradient self-check). ``placement gradient``,
 ``placement run`` and the Python API all decide "trusted" by it and nothing else.
 ``robust_gradient`` calls the engine and, while there is trouble, retries from
@@ -32,7 +32,7 @@ from placement.samplers import safer as safer_config
 @dataclass(frozen=True)
 class RetryConfig:
     """max_retries: safer attempts after the first; rhat_max, min_ess, max_divergences,
-    max_pareto_k, max_edge_mass, max_nonfinite_mass: what counts as trouble; max_untrusted:
+    max_pareto_k, max_spread_ratio, max_edge_mass, max_nonfinite_mass: what counts as trouble; max_untrusted:
     consecutive untrusted steps after which a run stops (0 = never)."""
 
     max_retries: int = 2
@@ -40,6 +40,7 @@ class RetryConfig:
     min_ess: float = 100.0
     max_divergences: int = 0
     max_pareto_k: float = 0.7
+    max_spread_ratio: float = 1.5
     max_edge_mass: float = 1e-4
     max_nonfinite_mass: float = 1e-4
     max_untrusted: int = 5
@@ -84,6 +85,11 @@ def diagnose(est: GradientEstimate, cfg: RetryConfig = RetryConfig()) -> list[tu
         if np.isfinite(k) and k > cfg.max_pareto_k:
             out.append(("pareto_k", f"importance weights are heavy-tailed (Pareto k {k:.2f} > {cfg.max_pareto_k}): "
                                     "raise sampler.adapt_iters or sampler.pilot_iters, or use sampler=quadrature."))
+    spread = d.get("spread_ratio")
+    if d.get("sampler") == "importance" and spread is not None and np.isfinite(spread) and spread > cfg.max_spread_ratio:
+        out.append(("spread", f"the weighted draws vary {spread:.1f}x as much as the proposal's own in some direction "
+                              f"(variance ratio > {cfg.max_spread_ratio}): the proposal is narrower than the posterior there; raise "
+                              "sampler.pilot_iters, sampler.adapt_iters or sampler.pilot_scale."))
     if "ess_weights" in d and d.get("num_draws"):
         frac = d["ess_weights"] / d["num_draws"]
         if frac < d.get("min_ess_fraction", 0.0):

@@ -30,6 +30,8 @@ def test_diagnose_names_each_kind_of_trouble():
     codes = [c for c, _ in diagnose(_est(sampler="nuts", rhat_max=1.2, ess_bulk_min=20, divergences=3), cfg)]
     assert codes == ["rhat", "divergences", "ess"]
     assert [c for c, _ in diagnose(_est(sampler="importance", pareto_k=0.9), cfg)] == ["pareto_k"]
+    assert [c for c, _ in diagnose(_est(sampler="importance", pareto_k=0.5, spread_ratio=2.0), cfg)] == ["spread"]
+    assert diagnose(_est(sampler="importance", pareto_k=0.5, spread_ratio=0.3), cfg) == []
     assert [c for c, _ in diagnose(_est(sampler="quadrature", edge_mass=1e-2), cfg)] == ["edge"]
     assert [c for c, _ in diagnose(_est(sampler="quadrature", edge_mass=1e-9, nonfinite_draws=40,
                                         nonfinite_mass=1e-2), cfg)] == ["nonfinite"]
@@ -153,3 +155,25 @@ def test_persistent_trouble_is_untrusted_and_never_stepped_on():
         assert row["trusted"] == 0 and row["attempts"] == 2
         assert "rhat" in row["trouble"] and "re-initialised chains" in row["actions"]
     np.testing.assert_array_equal(st.X, jm.X)  # never moved on a bad gradient
+
+
+def test_spread_ratio_tells_a_proposal_narrower_than_the_target_from_a_wider_one():
+    """Gaussian target N(0, diag(1, 4)) through self-normalised weights: a proposal twice as wide
+    as the target in every direction gives a ratio near 1/4 (the target's variance over the
+    proposal's); one half as wide along the second axis gives more than the 1.5 that
+    diagnose() flags."""
+    from placement.estimator import spread_ratio
+
+    rng = np.random.default_rng(0)
+    var = np.array([1.0, 4.0])
+
+    def ratio(q_var):
+        theta = rng.normal(size=(20000, 2)) * np.sqrt(q_var)
+        log_w = np.sum(-0.5 * theta**2 / var + 0.5 * theta**2 / q_var, axis=1)
+        return spread_ratio(theta, np.exp(log_w - log_w.max()))
+
+    assert ratio(4 * var) == pytest.approx(0.25, rel=0.1)
+    narrow = ratio(np.array([4.0, 1.0]))  # wide along the first axis, half the target's sd along the second
+    assert narrow > RetryConfig().max_spread_ratio
+    assert np.isnan(spread_ratio(np.zeros((50, 2)), np.ones(50)))  # singular draws: no verdict
+

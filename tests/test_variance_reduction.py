@@ -1,7 +1,6 @@
 """The t-mixture machinery of the importance sampler: draws follow their density (the aimed
 proposal's variance cut is tested against the seed quadrature in test_exact_seed.py)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ def test_transform_draws_follow_the_mixture_density():
     gives: a KS test per axis against the CDF integrated from logpdf on a grid."""
     mix = mixtures.Mixture(jnp.array([[0.0, 0.0], [3.0, -1.0]]),
                            jnp.array([[[1.0, 0.0], [0.5, 0.8]], [[0.4, 0.0], [0.0, 2.0]]]), jnp.log(jnp.array([0.3, 0.7])))
-    u = mixtures.mc_uniforms(jax.random.PRNGKey(0), n=20000, p=2)
+    u = mixtures.mc_uniforms(0, n=20000, p=2)
     theta = np.asarray(mixtures.transform(mix, u, df=4.0))
     # marginals of a t mixture: each component's marginal is t(df) with the scale of that axis
     for axis in range(2):
@@ -46,7 +45,7 @@ def test_padded_mixture_has_the_same_density_and_the_same_draws():
                            jnp.array([[[1.0, 0.0], [0.5, 0.8]], [[0.4, 0.0], [0.0, 2.0]]]), jnp.log(jnp.array([0.3, 0.7])))
     padded = mixtures.pad_components(mix, 5)
     assert padded.logw.shape == (5,) and np.all(np.isneginf(padded.logw[:3]))
-    u = np.array(mixtures.mc_uniforms(jax.random.PRNGKey(1), n=4000, p=2))
+    u = mixtures.mc_uniforms(1, n=4000, p=2)
     u[:3, 0] = [0.0, 0.3, 1.0 - 1e-17]  # the ends, and the boundary between the two components
     np.testing.assert_array_equal(np.asarray(mixtures.transform(padded, u, df=4.0)),
                                   np.asarray(mixtures.transform(mix, u, df=4.0)))
