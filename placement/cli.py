@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -318,7 +319,7 @@ def _run(cfg) -> None:
     budget.raise_pending()
     out = write_json(run_dir / "result.json", result)
     print(f"{cfg.objective.name} ({cfg.objective.direction}, y_mode={_mode_text(problem)}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
-          f"{state.step} steps ({state.stop_reason}); {result['seconds']:.1f} s -> {out}")
+          f"{state.step} steps ({STOP_TEXT.get(state.stop_reason, state.stop_reason)}); {result['seconds']:.1f} s -> {out}")
     print("final X:", np.array2string(X_final, precision=4, max_line_width=100))
     if result["retried_steps"]:
         print(f"note: sampler trouble at steps {result['retried_steps']}; retried with safer settings "
@@ -409,6 +410,8 @@ def _suggest_mode(sampler_cfg) -> str:
 
 
 TASKS = {"gradient": _gradient, "run": _run, "suggest": _suggest}
+STOP_TEXT = {"steps": "all steps done", "grad_tol": "|dF/dX| below grad_tol", "patience": "F settled for `patience` steps",
+             "sampler_trouble": "stopped: sampler trouble"}  # result.json's stop_reason, in words
 
 
 class _ErrorsOnly:
@@ -471,6 +474,36 @@ def _join_processes(cmd: str, rest: list[str]) -> tuple[list[str], str | None] |
     return extra, scratch
 
 
+def _override_error(cmd: str, rest: list[str]) -> str | None:
+    """One line for an override Hydra cannot apply (an unknown key, an option that does not
+    exist, a value it cannot parse), found by composing the config before any work; None when
+    it composes, or for sweeps (-m) and flags (--cfg, --help), which Hydra itself handles."""
+    if any(a.startswith(("-", "hydra.mode=", "hydra.sweeper")) for a in rest):
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            compose(config_name=cmd, overrides=rest, return_hydra_config=True)
+    except HydraException as e:
+        options = list(getattr(e, "options", None) or [])
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        if options:  # "Could not find 'sampler/importanse'" and the list of options
+            group = (getattr(e, "missing_cfg_file", "") or "").rpartition("/")[0] or "the group"
+            return f"{lines[0]}; {group} is one of {', '.join(options)}."
+        unknown = re.search(r"Could not override '([^']+)'\.\s*To append", str(e)) or \
+            re.search(r"Key '([^']+)' is not in struct", str(e))
+        if unknown:  # Hydra's advice (append it with +key=) would hide a typo
+            return (f"unknown setting {unknown.group(1)!r}: check its spelling (placement {cmd} --cfg job lists "
+                    "every setting).")
+        return " ".join(ln for ln in lines if not ln.startswith(("full_key", "object_type")))
+    except OmegaConfBaseException as e:
+        return str(e).splitlines()[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -499,6 +532,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides, scratch = worker or ([], None)
     rest = rest + overrides
+    problem = _override_error(cmd, rest)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return 2
 
     def task(cfg: DictConfig) -> None:
         from placement.runtime import quiet_console_logging

@@ -68,8 +68,10 @@ class Projection(NamedTuple):
 
 def check_design_in_bounds(X: np.ndarray, c: Constraints) -> None:
     """Reject a starting design that no projection can repair: bounds with lower >= upper,
-    points outside the bounds, unknown fixed indices, fixed points closer than min_spacing.
-    Free points closer than min_spacing are fine: the first projection moves them apart."""
+    points outside the bounds, unknown fixed indices, fixed points closer than min_spacing,
+    and (one input column) free points that cannot fit min_spacing apart between the bounds
+    and the fixed points. Free points closer than min_spacing are fine otherwise: the first
+    projection moves them apart."""
     X = np.asarray(X, dtype=np.float64)
     P = X.reshape(len(X), -1)
     lo, hi = _bounds(P, c)
@@ -89,6 +91,13 @@ def check_design_in_bounds(X: np.ndarray, c: Constraints) -> None:
     if why:
         raise PlacementError(f"{why} in the starting design; lower constraints.min_spacing, move one of "
                              f"them, or drop one from constraints.fixed.")
+    if c.min_spacing > 0 and P.shape[1] == 1:  # 1-D: whether the free points fit at all is exact
+        free = np.ones(n, dtype=bool)
+        free[_fixed(c, n)] = False
+        _, why = _project_1d(P[:, 0], free, c.min_spacing, float(lo[0]), float(hi[0]))
+        if why:
+            raise PlacementError(f"{why}, so no step could ever be taken; lower constraints.min_spacing or "
+                                 "widen constraints.lower/upper.")
 
 
 def verify(X: np.ndarray, X_old: np.ndarray, c: Constraints) -> str | None:

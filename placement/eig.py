@@ -81,7 +81,7 @@ def eig_config(options: dict | None) -> EIGConfig:
 def params_mask(model, params: tuple) -> np.ndarray:
     """Boolean mask over the flat unconstrained coordinates: True for the parameters of
     interest. One PlacementError for an unknown name, or a nuisance prior that depends on them."""
-    from pytensor.graph.basic import ancestors
+    from pytensor.graph.traversal import ancestors
 
     from placement.model import _flat_layout
 

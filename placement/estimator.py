@@ -277,7 +277,7 @@ def _chunked(fn: Callable, chunk: int = CHUNK) -> Callable:
         thetas = np.asarray(thetas)
         N = thetas.shape[0]
         # between chunks: progress, the time budget (OutOfTime), and Ctrl-C / SIGTERM
-        return budget.over_chunks(lambda idx: jax.device_get(fn(thetas[idx], X, y)), N, pad_size(N, chunk), "draws")
+        return budget.over_chunks(lambda idx: jax.device_get(fn(thetas[idx], X, y)), N, pad_size(N, chunk), "")
 
     return call
 

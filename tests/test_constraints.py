@@ -239,3 +239,14 @@ def test_a_fixed_point_outside_the_bounds_by_round_off_is_kept():
     assert res.refused is None and res.X[1] == X_old[1]
     far = project(np.array([0.3, 0.0]), np.array([0.0, -1e-6]), Constraints(0.0, 1.0, 0.0, [1]))
     assert far.refused is not None and "fixed point 1" in far.refused
+
+
+def test_start_check_rejects_free_points_that_cannot_fit_min_spacing_apart():
+    """Ten points in [0, 10] cannot be 5 apart: refused before any step (every step would be
+    refused); 1 apart they fit, and two fixed points leave the free points' room smaller."""
+    x = np.linspace(0.0, 10.0, 10)
+    with pytest.raises(PlacementError, match="min_spacing=5: the 10 free points do not fit"):
+        check_design_in_bounds(x, Constraints(lower=0.0, upper=10.0, min_spacing=5.0))
+    check_design_in_bounds(x, Constraints(lower=0.0, upper=10.0, min_spacing=1.0))
+    with pytest.raises(PlacementError, match="do not fit between the bounds .* and the fixed points"):
+        check_design_in_bounds(np.array([0.0, 1.0, 2.0, 3.0]), Constraints(lower=0.0, upper=3.0, min_spacing=1.2, fixed=(0, 3)))

@@ -218,7 +218,7 @@ def test_suggest_end_to_end(sampler, criterion):
 @pytest.mark.parametrize("options,words", [
     (dict(kernel="periodic", period=5.0), "HSGPPeriodic"),
     (dict(kernel="ratquad"), "kernel=expquad | matern32 | matern52"),
-    (dict(sampler="nuts"), "sampler=bayes or map"),
+    (dict(sampler="nuts"), "sampler=importance or map"),
     (dict(hsgp_m=0), "hsgp_m must be"),
     (dict(hsgp_c=1.0), "hsgp_c must be"),
     (dict(approx="sparse"), "approx must be exact or hsgp"),

@@ -94,3 +94,27 @@ def test_reweight_reuses_draws_for_small_moves_and_stays_within_its_errors():
     assert_within_se(est1.grad, est1.grad_se, g1, atol=1e-6, se_cap=0.25)  # measured 0.12 (reused, reweighted NUTS draws)
     st, est2 = eng.gradient(jax.random.PRNGKey(3), st, X + 1.5, jm.y)  # a big move: weights collapse
     assert est2.diagnostics["nuts_ran"]
+
+
+def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal(capsys):
+    """placement.relocate's progress in a log or batch job: a line per step at most every
+    ``interval`` seconds and at the last step, no tqdm bar (carriage returns); off when
+    disabled."""
+    from types import SimpleNamespace
+
+    from placement.loop import Progress
+
+    state = SimpleNamespace(rows=[dict(F=0.5, F_se=0.01, grad_norm=0.2, step_seconds=0.1)])
+    bar = Progress(3, enabled=True, desc="placement.relocate", interval=0.0)
+    for _ in range(3):
+        bar(state)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.count("placement.relocate: step") == 3 and "step 3/3, F=0.5+-0.01" in err
+    quiet = Progress(3, enabled=True, interval=3600.0)
+    for _ in range(3):
+        quiet(state)
+    assert capsys.readouterr().err.count("placement run: step") == 1  # only the last step within the interval
+    off = Progress(3, enabled=False)
+    off(state)
+    assert capsys.readouterr().err == ""

@@ -71,7 +71,7 @@ def test_api_and_ask_tell_take_a_target_table_by_column_name():
 
 
 @pytest.mark.parametrize("target,needle", [
-    (np.array([[11.0]]), "some target points lie outside the bounds"),
+    (np.array([[11.0], [5.0]]), r"1 target point\(s\) lie outside the bounds \[\[0.0, 10.0\]\] \(e.g. \[\[11.0\]\]\)"),
     (np.zeros((0, 1)), "target holds no points"),
     (np.array([[np.nan]]), "target points must be finite"),
     (np.zeros((3, 2)), "target points need 1 input column"),
@@ -81,6 +81,22 @@ def test_bad_target_points_give_one_clear_error(target, needle):
     cfg = SuggestConfig(k=1, sampler="map", progress="off", **FAST)
     with pytest.raises(PlacementError, match=needle):
         suggest_arrays(X, y, [[0, 10]], cfg, target=target)
+
+
+def test_default_bounds_take_in_the_target_and_pending_points():
+    """With no bounds the box is the range of the data and of the target and pending points,
+    so sites beyond the measured range (the usual case: every site that could be measured)
+    need no bounds of their own; given bounds still refuse them."""
+    X, y = _data()
+    df = pd.DataFrame({"x": X[:, 0], "y": y})
+    lo, hi = X.min() - 2.0, X.max() + 1.0
+    T = np.linspace(lo, hi, 7)[:, None]
+    cfg = SuggestConfig(k=1, sampler="map", progress="off", **FAST)
+    _, info = suggest_arrays(X, y, None, cfg, pending=np.array([[X.max() + 0.5]]), target=T)
+    assert np.allclose(info["bounds"], [[lo, hi]])
+    assert np.allclose(Suggester(df, target=T, sampler="map", **FAST).bounds, [[lo, hi]])
+    with pytest.raises(PlacementError, match="outside the bounds"):
+        suggest_arrays(X, y, [[X.min(), X.max()]], cfg, target=T)
 
 
 def test_cli_target_file(tmp_path, monkeypatch):

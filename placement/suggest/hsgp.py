@@ -59,8 +59,8 @@ def check(kernel_name: str, sampler: str, m: int, c: float, d: int | None = None
         raise PlacementError(f"approx=hsgp does not support the {kernel_name} kernel ({why}); use kernel="
                              f"{' | '.join(HSGP_KERNELS)} or approx=exact.")
     if sampler not in HSGP_SAMPLERS:
-        raise PlacementError(f"approx=hsgp works with sampler=bayes or map, not {sampler}; choose one of them or "
-                             "approx=exact.")
+        raise PlacementError(f"approx=hsgp works with sampler=importance or map (\"bayes\" or \"map\" in placement.suggest), "
+                             f"not {'nuts' if sampler == 'nuts' else sampler}; choose one of them or approx=exact.")
     if not (isinstance(m, (int, np.integer)) and not isinstance(m, bool) and m >= 1):
         raise PlacementError(f"hsgp_m must be a whole number >= 1 (basis functions per input column); got {m!r}.")
     if not (np.isfinite(c) and c > 1.0):

@@ -36,7 +36,11 @@ def suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None, t
 
 
 def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None, target=None):
-    b, Xn, yn, (y_mean, y_sd) = prepare(X, y, bounds, cfg)
+    also = None
+    if bounds is None and np.ndim(X) == 2:  # the default box takes in the pending and target points too
+        d = np.shape(X)[1]
+        also = np.concatenate([check_pending(pending, d, names), check_pending(target, d, names, "target")])
+    b, Xn, yn, (y_mean, y_sd) = prepare(X, y, bounds, cfg, also)
     Pn = normalise_pending(pending, b, names)
     Tn = None if target is None else target_points(normalise_pending(target, b, names, "target"), cfg.grid, cfg.seed)
     span = b[:, 1] - b[:, 0]
@@ -131,16 +135,18 @@ class Suggester:
     """Ask/tell: ``ask(k)`` suggests k points given the data and the points still pending
     (and adds them to the pending list); ``tell(X, y)`` adds measurements and removes the
     pending points they answer (within 1e-6 of the box's span per column). The box is fixed
-    when the object is made (bounds, default the first data's range), and so are the points
+    when the object is made (bounds, default the range of the first data, pending and target points), and so are the points
     where the predictions matter (``target``, as in ``suggest``)."""
 
     def __init__(self, df, x_columns=None, y_column: str = "y", bounds=None, pending=None, target=None, **options):
         X, y, self.names = frame_to_arrays(df, x_columns, y_column)
-        self.bounds = check_bounds(bounds, X)
         self.target = None if target is None else check_pending(target, X.shape[1], self.names, "target")
+        pending = check_pending(pending, X.shape[1], self.names)
+        self.bounds = check_bounds(bounds, X, np.concatenate([pending, np.zeros((0, X.shape[1])) if self.target is None
+                                                              else self.target]))
         self.options = options
         SuggestConfig(**options)  # check the settings now
-        self.state = AskTellState(X, y, check_pending(pending, X.shape[1], self.names))
+        self.state = AskTellState(X, y, pending)
 
     def ask(self, k: int = 5, **options):
         cfg = SuggestConfig(**{**self.options, **options, "k": k})

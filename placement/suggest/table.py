@@ -58,11 +58,13 @@ def frame_to_arrays(df, x_columns=None, y_column: str = "y", source: str = "the 
     return X, y, [str(c) for c in x_columns]
 
 
-def check_bounds(bounds, X):
-    """bounds: None (data range) or [[lo, hi], ...] per column (or [lo, hi] when d = 1)."""
+def check_bounds(bounds, X, also=None):
+    """bounds: None (the range of the data and of ``also``, further points (m, d) the box must
+    hold) or [[lo, hi], ...] per column (or [lo, hi] when d = 1)."""
     d = X.shape[1]
     if bounds is None:
-        lo, hi = X.min(0), X.max(0)
+        pts = X if also is None or not len(also) else np.concatenate([X, also])
+        lo, hi = pts.min(0), pts.max(0)
         if np.any(hi <= lo):
             raise PlacementError("an input column is constant, so the data range is empty; give bounds=[[lo,hi],...].")
         return np.stack([lo, hi], 1)
@@ -81,10 +83,10 @@ def check_bounds(bounds, X):
 
 
 
-def prepare(X, y, bounds, cfg=None):
+def prepare(X, y, bounds, cfg=None, also=None):
     """Every check on the data, before any work: returns (bounds (d, 2), Xn in [0, 1]^d,
     standardised y, (y mean, y sd)). cfg, when given, must be a SuggestConfig (its own
-    checks ran when it was made)."""
+    checks ran when it was made); ``also``: points the default bounds take in (check_bounds)."""
     from placement.suggest.config import SuggestConfig
 
     if cfg is not None and not isinstance(cfg, SuggestConfig):
@@ -95,7 +97,7 @@ def prepare(X, y, bounds, cfg=None):
         raise PlacementError(f"X must be (n, d) and y (n,) with the same n; got {X.shape} and {y.shape}.")
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
         raise PlacementError("X and y must be finite numbers (no NaN or infinity).")
-    b = check_bounds(bounds, X)
+    b = check_bounds(bounds, X, also)
     span = b[:, 1] - b[:, 0]
     Xn = (X - b[:, 0]) / span
     if np.any(Xn < -1e-9) or np.any(Xn > 1 + 1e-9):
@@ -107,9 +109,12 @@ def prepare(X, y, bounds, cfg=None):
 def normalise_pending(pending, b, names=None, what: str = "pending"):
     """Points (see check_pending) on the normalised scale of bounds b (d, 2); ``what``
     names them in errors (pending, target)."""
-    Pn = (check_pending(pending, b.shape[0], names, what) - b[:, 0]) / (b[:, 1] - b[:, 0])
-    if np.any(Pn < -1e-9) or np.any(Pn > 1 + 1e-9):
-        raise PlacementError(f"some {what} points lie outside the bounds; widen bounds or drop those points.")
+    P = check_pending(pending, b.shape[0], names, what)
+    Pn = (P - b[:, 0]) / (b[:, 1] - b[:, 0])
+    out = np.any((Pn < -1e-9) | (Pn > 1 + 1e-9), axis=1)
+    if np.any(out):
+        raise PlacementError(f"{int(out.sum())} {what} point(s) lie outside the bounds {b.tolist()} (e.g. "
+                             f"{P[out][:3].tolist()}); widen bounds or drop those points.")
     return np.clip(Pn, 0.0, 1.0)
 
 
