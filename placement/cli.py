@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -271,7 +272,7 @@ def _run(cfg) -> None:
         state = initial_state(engine, X0, optimizer, int(cfg.seed))
     write_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     tty = sys.stderr.isatty()
-    bar = Progress(steps, initial=state.step, enabled=None if tty else False, notebook=False)
+    bar = Progress(steps, initial=state.step, enabled=None if tty else False)
     last = {}
 
     def on_step(state, est):  # the loop is placement.loop.run_loop, as in placement.relocate
@@ -474,34 +475,51 @@ def _join_processes(cmd: str, rest: list[str]) -> tuple[list[str], str | None] |
     return extra, scratch
 
 
-def _override_error(cmd: str, rest: list[str]) -> str | None:
-    """One line for an override Hydra cannot apply (an unknown key, an option that does not
-    exist, a value it cannot parse), found by composing the config before any work; None when
-    it composes, or for sweeps (-m) and flags (--cfg, --help), which Hydra itself handles."""
-    if any(a.startswith(("-", "hydra.mode=", "hydra.sweeper")) for a in rest):
-        return None
-    from hydra import compose, initialize_config_dir
+def _override_error(cmd: str, e: Exception) -> str:
+    """One line for an override Hydra could not apply (an unknown key, an option that does not
+    exist, a value it cannot parse), from the error Hydra raised while composing the config,
+    before any work or output folder."""
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            compose(config_name=cmd, overrides=rest, return_hydra_config=True)
-    except HydraException as e:
-        options = list(getattr(e, "options", None) or [])
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        if options:  # "Could not find 'sampler/importanse'" and the list of options
-            group = (getattr(e, "missing_cfg_file", "") or "").rpartition("/")[0] or "the group"
-            return f"{lines[0]}; {group} is one of {', '.join(options)}."
-        unknown = re.search(r"Could not override '([^']+)'\.\s*To append", str(e)) or \
-            re.search(r"Key '([^']+)' is not in struct", str(e))
-        if unknown:  # Hydra's advice (append it with +key=) would hide a typo
-            return (f"unknown setting {unknown.group(1)!r}: check its spelling (placement {cmd} --cfg job lists "
-                    "every setting).")
-        return " ".join(ln for ln in lines if not ln.startswith(("full_key", "object_type")))
-    except OmegaConfBaseException as e:
+    if not isinstance(e, HydraException):  # OmegaConf's own: the first line says it
         return str(e).splitlines()[0]
-    return None
+    options = list(getattr(e, "options", None) or [])
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if options:  # "Could not find 'sampler/importanse'" and the list of options
+        group = (getattr(e, "missing_cfg_file", "") or "").rpartition("/")[0] or "the group"
+        return f"{lines[0]}; {group} is one of {', '.join(options)}."
+    unknown = re.search(r"Could not override '([^']+)'\.\s*To append", str(e)) or \
+        re.search(r"Key '([^']+)' is not in struct", str(e))
+    if unknown:  # Hydra's advice (append it with +key=) would hide a typo
+        return (f"unknown setting {unknown.group(1)!r}: check its spelling (placement {cmd} --cfg job lists "
+                "every setting).")
+    return " ".join(ln for ln in lines if not ln.startswith(("full_key", "object_type")))
+
+
+_BAD_NUMBER = re.compile(r"(?:invalid literal for int\(\) with base 10|could not convert string to float): '(.*)'")
+
+
+def _bad_number(e: ValueError, overrides: list[str]) -> str | None:
+    """One line for a setting given a value that is not a number where one is needed (an int()
+    or float() of the config that failed on a value the command line gave); None otherwise."""
+    m = _BAD_NUMBER.search(str(e))
+    keys = [a.partition("=")[0].lstrip("+~") for a in overrides if m and a.partition("=")[2] == m.group(1)]
+    return f"{keys[0]}={m.group(1)!r} is not a number; give a number there." if keys else None
+
+
+@contextlib.contextmanager
+def _hydra_raises():
+    """Hydra's errors raised to the caller (HYDRA_FULL_ERROR) instead of printed as several
+    lines with exit code 1, for the duration of one ``hydra.main`` call."""
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -519,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import hydra
-    from hydra.errors import InstantiationException
+    from hydra.errors import HydraException, InstantiationException
     from omegaconf import DictConfig
     from omegaconf.errors import OmegaConfBaseException
 
@@ -532,12 +550,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     overrides, scratch = worker or ([], None)
     rest = rest + overrides
-    problem = _override_error(cmd, rest)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        if scratch is not None:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return 2
 
     def task(cfg: DictConfig) -> None:
         from placement.runtime import quiet_console_logging
@@ -563,6 +575,11 @@ def main(argv: list[str] | None = None) -> int:
                   run_dir, created)
         except (KeyboardInterrupt, _Terminated) as e:
             _interrupted(cmd, e, run_dir, created)
+        except ValueError as e:  # a number setting given text, e.g. steps=abc
+            problem = _bad_number(e, rest)
+            if problem is None:
+                raise
+            _fail(problem, run_dir, created)
         except Exception as e:  # an allocation failure that planning did not foresee: one message, no traceback
             from placement.memory import is_oom, oom_error
 
@@ -578,7 +595,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, budget._on_sigint)
     sys.argv = [f"placement-{cmd}"] + rest
     try:
-        hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
+        with _hydra_raises():
+            hydra.main(config_path=CONF_DIR, config_name=cmd, version_base="1.3")(task)()
+    except (HydraException, OmegaConfBaseException) as e:  # the task catches its own: a bad override
+        print(f"error: {_override_error(cmd, e)}", file=sys.stderr)
+        return 2
     except SystemExit as e:  # an error or an interrupt in one of several processes: the others are not waited for
         if distributed.multi() and e.code not in (0, None):
             if scratch is not None:

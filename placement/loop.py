@@ -178,53 +178,27 @@ def row_text(row: dict) -> str:
 
 
 class Progress:
-    """Outer steps' progress, as an ``on_step`` callback: a tqdm bar on a terminal
-    (``notebook=True``: tqdm's notebook widget when one can be shown, ``tqdm.auto``), a plain
-    line at most every ``interval`` seconds (and at the last step) when stderr is not a terminal
-    (logs, batch jobs). ``enabled``: True shows one or the other, None the bar on a terminal
-    and nothing elsewhere, False nothing."""
+    """Outer steps' progress, as an ``on_step`` callback: a ``progress.Reporter`` counting steps,
+    so a tqdm bar on a terminal or in a notebook, and a plain line at the first step, then at
+    most every ``interval`` seconds, and at the last step when stderr is not a terminal (logs,
+    batch jobs). ``enabled``: True shows one or the other, None the bar on a terminal and
+    nothing elsewhere, False nothing."""
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool | None = True, notebook: bool = True,
-                 desc: str = "placement run", interval: float = 5.0):
+    def __init__(self, total: int, initial: int = 0, enabled: bool | None = True, desc: str = "placement run",
+                 interval: float = 5.0):
         import sys
 
-        from tqdm import tqdm
+        from placement.progress import Reporter
 
-        from placement.progress import resolve
-
-        self.mode = resolve(True) if enabled else "off"
+        mode = "auto" if enabled else "off"
         if enabled is None:
-            self.mode = "bar" if getattr(sys.stderr, "isatty", lambda: False)() else "off"
-        self.bar, self.desc, self.total, self.n = None, desc, total, initial
-        self.t0 = time.perf_counter()
-        self.interval, self.last = interval, self.t0
-        if self.mode != "bar":
-            return
-        kw = dict(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
-        if notebook:
-            from tqdm.auto import tqdm as auto
-
-            try:
-                self.bar = auto(**kw)
-            except ImportError:  # a notebook without ipywidgets: tqdm's text bar instead
-                pass
-        if self.bar is None:
-            self.bar = tqdm(**kw)
+            mode = "bar" if getattr(sys.stderr, "isatty", lambda: False)() else "off"
+        self.total, self.n = total, initial
+        self.reporter = Reporter(desc, "steps", mode, delay=0.0, interval=interval, leave=True)
 
     def __call__(self, state: OuterState, est=None) -> None:
-        import sys
-
         self.n += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix_str(row_text(state.rows[-1]))
-        elif self.mode == "lines":
-            now = time.perf_counter()
-            if now - self.last >= self.interval or self.n >= self.total:
-                self.last = now
-                print(f"{self.desc}: step {self.n}/{self.total}, {row_text(state.rows[-1])} ({now - self.t0:.0f} s)",
-                      file=sys.stderr, flush=True)
+        self.reporter(self.n, self.total, row_text(state.rows[-1]), force=self.n >= self.total)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.reporter.close()

@@ -35,12 +35,13 @@ def resolve(mode) -> str:
 
 class Reporter:
     """``Reporter(desc, unit, mode)(done, total, note)``. ``delay``: seconds before anything
-    shows; ``interval``: seconds between lines in the ``lines`` mode."""
+    shows; ``interval``: seconds between lines in the ``lines`` mode; ``leave``: keep the bar on
+    screen when closed."""
 
     def __init__(self, desc: str, unit: str = "", mode="auto", delay: float = 2.0, interval: float = 5.0,
-                 stream=None):
+                 stream=None, leave: bool = False):
         self.desc, self.unit, self.mode = desc, unit, resolve(mode)
-        self.delay, self.interval = delay, interval
+        self.delay, self.interval, self.leave = delay, interval, leave
         self.stream = sys.stderr if stream is None else stream
         self.t0 = time.perf_counter()
         self.last_line = self.t0 + delay - interval  # the first line comes after `delay`
@@ -51,7 +52,7 @@ class Reporter:
         from tqdm.auto import tqdm
 
         kw = dict(desc=self.desc, total=total or None, unit=self.unit or "it", dynamic_ncols=True,
-                  file=self.stream, leave=False)
+                  file=self.stream, leave=self.leave)
         try:
             return tqdm(**kw)
         except ImportError:  # a notebook without ipywidgets: tqdm's text bar
@@ -59,11 +60,12 @@ class Reporter:
 
             return text(**kw)
 
-    def __call__(self, done: float, total: float = 0, note: str = "") -> None:
+    def __call__(self, done: float, total: float = 0, note: str = "", force: bool = False) -> None:
+        """Show ``done`` of ``total``; ``force``: a line now, whatever the delay and interval."""
         if self.mode == "off":
             return
         now = time.perf_counter()
-        if now - self.t0 < self.delay:
+        if now - self.t0 < self.delay and not force:
             return
         note = "; ".join(x for x in (note, self.status) if x)
         if self.mode == "bar":
@@ -74,7 +76,7 @@ class Reporter:
             self.bar.n = done
             self.bar.set_postfix_str(note, refresh=False)
             self.bar.refresh()
-        elif now - self.last_line >= self.interval:
+        elif force or now - self.last_line >= self.interval:
             self.last_line = now
             of = f"/{total:g}" if total else ""
             extra = f", {note}" if note else ""

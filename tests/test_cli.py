@@ -154,6 +154,8 @@ RUN_FAST = ["sampler.num_samples=2048", "sampler.adapt_samples=1024", "sampler.p
     (["objective.direction=sideways"], "minimize or maximize"),
     (["constraints.min_spacing=5"], "the 10 free points do not fit"),
     (["stpes=3"], "unknown setting 'stpes'"),
+    (["steps=abc"], "steps='abc' is not a number"),
+    (["seed=[1,"], "no viable alternative"),
 ])
 def test_run_bad_input(tmp_path, args, message):
     """One ``error:`` line, exit 2, no output; Hydra's own errors (an option or key that does
