@@ -83,8 +83,7 @@ class Engine:
                 self._self_check(key, sample.theta[idx], np.asarray(s)[idx], np.asarray(df)[idx], X, y)
             est = estimate(self.terms, sample, X, y, evaluated=evaluated)
             target = precision.target_of(self.cfg)
-            budget.status(f"relative SE {precision.rel_se(est):.3g} from {sample.theta.shape[0]} draws"
-                          + (f" (target {target.rel_se:g})" if target.rel_se > 0 else ""))
+            budget.status(f"{precision.describe(est, target)} from {sample.theta.shape[0]} draws")
             if self.sampler.extend is not None and target.active:
                 state, est, sample = self._more_draws(key, state, sample, evaluated, est, X, y, target, t0)
             precision.record(est, target, int(sample.theta.shape[0]), time.perf_counter() - t0)
@@ -118,7 +117,7 @@ class Engine:
         try:
             while not precision.reached(est, target) and n + batch <= target.max_draws and not out_of_time():
                 want = min(precision.draws_needed(est, n, target), target.max_draws)
-                budget.checkpoint(n, want, precision.describe(est, target))
+                budget.checkpoint(n, want)  # the standing status says the precision reached
                 while n < want and n + batch <= target.max_draws and not out_of_time():
                     i += 1
                     state, new = self.sampler.extend(jax.random.fold_in(key, 5000 + i), state, X, y)

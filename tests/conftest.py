@@ -9,6 +9,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # One CPU device per process in tests (the package's default is one per core, see
 # runtime.cpu_device_flags); tests/test_sharding.py checks the sharded path against this one.
 os.environ.setdefault("PLACEMENT_CPU_DEVICES", "1")
+# XLA's optimisation passes off (JAX's "disable most optimizations": LLVM at -O0, no expensive
+# passes), for this process and every CLI process a test starts; see _xla_optimizations below.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import numpy as np
 import pytest
@@ -81,6 +84,26 @@ def _session_compile_cache(session_cache_base):
     jax.config.update("jax_compilation_cache_max_size", SESSION_CACHE_BYTES)
     evict_once_per_process()
     yield path
+
+
+# -- XLA's optimisations ---------------------------------------------------------------------
+# Compiling dominates the suite and most of a compile is LLVM's optimisation passes, which the
+# tests' small, short-lived programs do not repay: with them off (above) a clean-clone run of the
+# suite took 957 s instead of 1179 s. A test file keeps XLA's full optimisation, as users run it,
+# by setting ``XLA_OPTIMIZED = True``:
+# - files whose subject is a rounding effect that depends on how XLA compiles: PyMC's stock
+#   kernels' wrong d/dX at coincident points appears only in optimised code (unoptimised, the
+#   expanded-form distance cancels exactly and the gradient is right), so the tests of the
+#   rewrite that fixes it, and of our own kernels at coincident points, could not fail without it;
+# - files that run more than they compile (dozens of estimates of one program).
+@pytest.fixture(autouse=True)
+def _xla_optimizations(request):
+    import jax
+
+    before = bool(jax.config.values["jax_disable_most_optimizations"])
+    jax.config.update("jax_disable_most_optimizations", before and not getattr(request.module, "XLA_OPTIMIZED", False))
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 @pytest.fixture(scope="session")

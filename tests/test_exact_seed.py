@@ -10,6 +10,8 @@ from placement.engine import Engine
 from placement.importance import ISConfig
 from placement.quadrature import QuadConfig
 
+XLA_OPTIMIZED = True  # long estimates per compiled program (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def truth(seed_jm):

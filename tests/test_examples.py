@@ -25,8 +25,9 @@ def test_example_is_a_notebook(path):
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_runs(path, tmp_path):
-    env = dict(os.environ, PLACEMENT_EXAMPLE_SMALL="1", MPLBACKEND="Agg", PLACEMENT_CACHE=str(tmp_path / "cache"))
+def test_example_runs(path, tmp_path, session_cache_base):
+    # the session's compile cache (tests/conftest.py): an example's outcome does not depend on a cold one
+    env = dict(os.environ, PLACEMENT_EXAMPLE_SMALL="1", MPLBACKEND="Agg", PLACEMENT_CACHE=str(session_cache_base))
     env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
     env.setdefault("OMP_NUM_THREADS", "1")
     done = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=env, capture_output=True, text=True,

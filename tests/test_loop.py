@@ -16,6 +16,8 @@ from placement.optim import make_optimizer
 from placement.problems import SIMULATORS
 from placement.simulate import with_simulator
 
+XLA_OPTIMIZED = True  # many steps per compiled program (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def conj_engine():

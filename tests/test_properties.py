@@ -22,6 +22,8 @@ from placement.model import from_pymc
 from placement.retry import robust_gradient
 from placement.nuts import NUTSConfig
 
+XLA_OPTIMIZED = True  # dozens of estimates per compiled program (tests/conftest.py)
+
 
 # -- the conjugate model with its constants as runtime data -----------------------------------
 # Speed: compiling an engine costs ~15-20 s of CPU and an estimate a fraction of a second, and
