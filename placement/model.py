@@ -150,7 +150,12 @@ def _jaxify_each(inputs, outputs, groups) -> list[Callable]:
     """One JAX function per group of output indices (``get_jaxified_graph(inputs, [outputs[i] for
     i in group])``), from one pass of PyTensor's JAX rewrites over all outputs together (log p, the
     likelihood and f share most of a GP's graph; one pass each cost about 0.3 s more per export on
-    the seed GP). An empty group gives None."""
+    the seed GP). An empty group gives None.
+
+    Each function is jitted: the Python that PyTensor generates takes ~0.3 s to trace on a GP, and
+    the engine traces log p, f and their derivatives under several transforms (vmap, grad, the
+    self-check, the MAP fit); a jitted function is traced once per input shape and its jaxpr
+    reused (XLA inlines the call, so the compiled programs compute the same)."""
     from pytensor.compile.mode import JAX
     from pytensor.graph.fg import FunctionGraph
     from pytensor.link.jax.dispatch import jax_funcify
@@ -159,8 +164,8 @@ def _jaxify_each(inputs, outputs, groups) -> list[Callable]:
     # JAX mode's rewrites, plus one covariance where PyMC built it twice (rewrites.SharedSums)
     JAX.including(rewrites.shared_sums_tag()).optimizer.rewrite(fgraph)
     outs = fgraph.outputs
-    return [jax_funcify(FunctionGraph(inputs=fgraph.inputs, outputs=[outs[i] for i in g], clone=True)) if g else None
-            for g in groups]
+    return [jax.jit(jax_funcify(FunctionGraph(inputs=fgraph.inputs, outputs=[outs[i] for i in g], clone=True)))
+            if g else None for g in groups]
 
 
 def _evaluate(inputs, outputs, args) -> list:
