@@ -19,6 +19,8 @@ from placement.model import from_pymc
 from placement.nuts import NUTSConfig
 from placement.samplers import Sampler, register
 
+XLA_OPTIMIZED = True  # NUTS and importance runs of many draws per compiled program (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def conj():
