@@ -557,7 +557,8 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
         grad_tol, patience: stopping rules (0 = off): |dF/dX| below grad_tol; F unchanged beyond
             2 SE for ``patience`` steps.
         retry: ``RetryConfig`` or a dict of its fields.
-        progress: show a progress bar (tqdm; a widget in notebooks).
+        progress: show the steps' progress: a tqdm bar (a widget in notebooks), or plain lines when
+            stderr is not a terminal (logs, batch jobs).
         y_mode, fantasies, simulator, measured: what y is while X moves, as in ``gradient``;
             predictive mode relocates the design for the objective averaged over the data it
             could give (the ``measured`` first points held fixed with their y).
