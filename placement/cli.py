@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -507,19 +506,12 @@ def _bad_number(e: ValueError, overrides: list[str]) -> str | None:
     return f"{keys[0]}={m.group(1)!r} is not a number; give a number there." if keys else None
 
 
-@contextlib.contextmanager
 def _hydra_raises():
     """Hydra's errors raised to the caller (HYDRA_FULL_ERROR) instead of printed as several
     lines with exit code 1, for the duration of one ``hydra.main`` call."""
-    before = os.environ.get("HYDRA_FULL_ERROR")
-    os.environ["HYDRA_FULL_ERROR"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-        else:
-            os.environ["HYDRA_FULL_ERROR"] = before
+    from placement.runtime import env_restored
+
+    return env_restored("HYDRA_FULL_ERROR", "1")
 
 
 def main(argv: list[str] | None = None) -> int:

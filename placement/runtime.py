@@ -54,18 +54,26 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def keep_xla_flags():
-    """Undo changes to XLA_FLAGS made inside the block. pymc.sampling.jax prepends
-    --xla_force_host_platform_device_count=100 on import (for its chain_method="parallel"),
-    which would split every sharded computation here over 100 fake CPU devices."""
-    before = os.environ.get("XLA_FLAGS")
+def env_restored(name: str, value: str | None = None):
+    """Environment variable ``name`` as it was before the block when it ends; set to ``value``
+    within it unless that is None."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("XLA_FLAGS", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["XLA_FLAGS"] = before
+            os.environ[name] = before
+
+
+def keep_xla_flags():
+    """Undo changes to XLA_FLAGS made inside the block. pymc.sampling.jax prepends
+    --xla_force_host_platform_device_count=100 on import (for its chain_method="parallel"),
+    which would split every sharded computation here over 100 fake CPU devices."""
+    return env_restored("XLA_FLAGS")
 
 
 def _accelerator_plugin_installed() -> bool:
