@@ -181,18 +181,16 @@ class Progress:
     """Outer steps' progress, as an ``on_step`` callback: a ``progress.Reporter`` counting steps,
     so a tqdm bar on a terminal or in a notebook, and a plain line at the first step, then at
     most every ``interval`` seconds, and at the last step when stderr is not a terminal (logs,
-    batch jobs). ``enabled``: True shows one or the other, None the bar on a terminal and
-    nothing elsewhere, False nothing."""
+    batch jobs). ``enabled``: True shows one or the other, None the bar on a terminal or
+    in a notebook and nothing elsewhere, False nothing."""
 
     def __init__(self, total: int, initial: int = 0, enabled: bool | None = True, desc: str = "placement run",
                  interval: float = 5.0):
-        import sys
-
-        from placement.progress import Reporter
+        from placement.progress import Reporter, resolve
 
         mode = "auto" if enabled else "off"
         if enabled is None:
-            mode = "bar" if getattr(sys.stderr, "isatty", lambda: False)() else "off"
+            mode = "bar" if resolve("auto") == "bar" else "off"
         self.total, self.n = total, initial
         self.reporter = Reporter(desc, "steps", mode, delay=0.0, interval=interval, leave=True)
 
