@@ -16,7 +16,8 @@ from placement.errors import PlacementError
 
 PLACEMENT = [sys.executable, "-m", "placement.cli"]
 # one XLA thread and one CPU device per process: the two processes share this machine's cores
-QUIET = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false", "OMP_NUM_THREADS": "1", "PLACEMENT_CPU_DEVICES": "1",
+# (and the suite's other XLA flags, tests/conftest.py)
+QUIET = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip(), "OMP_NUM_THREADS": "1", "PLACEMENT_CPU_DEVICES": "1",
          "JAX_PLATFORMS": "cpu"}
 
 
