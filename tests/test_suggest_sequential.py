@@ -67,6 +67,8 @@ def test_suggest_avoids_pending_points_and_ask_tell_keeps_the_list():
     assert s.pending["x"].iloc[0] == pytest.approx(a["x"].iloc[1])
     b = s.ask(1)
     assert np.abs(b["x"].iloc[0] - s.state.X[:, 0]).min() > 0.1 and len(s.pending) == 2
+    with pytest.raises(PlacementError, match="^measured points need 1 input column"):  # named as what they are
+        s.tell(np.zeros((1, 2)), [0.5])
 
 
 def test_pending_points_are_checked():

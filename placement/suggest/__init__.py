@@ -13,10 +13,10 @@ from placement.suggest.hyper import hyper_draws, hyper_logdensity, hyper_mode, s
 from placement.suggest.kernel import Kernel
 from placement.suggest.search import batch_search, grid_points
 from placement.suggest.suggester import AskTellState, Suggester, suggest, suggest_arrays
-from placement.suggest.table import check_bounds, check_pending, frame_to_arrays, prepare, read_table, \
+from placement.suggest.table import check_bounds, check_points, frame_to_arrays, prepare, read_table, \
     suggestions_frame
 
 __all__ = ["CRITERIA", "SUGGEST_SAMPLERS", "AskTellState", "CritData", "Kernel", "SuggestConfig", "Suggester",
-           "batch_mixture", "check_bounds", "check_pending", "crit_data", "fantasy_normals", "frame_to_arrays",
+           "batch_mixture", "check_bounds", "check_points", "crit_data", "fantasy_normals", "frame_to_arrays",
            "batch_search", "grid_points", "hyper_draws", "hyper_logdensity", "hyper_mode", "make_criterion", "mixture_predictive",
            "prepare", "read_table", "suggest", "suggest_arrays", "suggest_model", "suggestions_frame"]

@@ -14,7 +14,7 @@ from placement.suggest import criteria, hyper
 from placement.suggest.config import SuggestConfig
 from placement.suggest.kernel import for_bounds
 from placement.suggest.search import batch_search, grid_points, plan_request
-from placement.suggest.table import check_bounds, check_pending, frame_to_arrays, normalise_pending, prepare, \
+from placement.suggest.table import check_bounds, check_points, frame_to_arrays, normalise_points, prepare, \
     suggestions_frame
 
 
@@ -39,10 +39,10 @@ def _suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None, 
     also = None
     if bounds is None and np.ndim(X) == 2:  # the default box takes in the pending and target points too
         d = np.shape(X)[1]
-        also = np.concatenate([check_pending(pending, d, names), check_pending(target, d, names, "target")])
+        also = np.concatenate([check_points(pending, d, names), check_points(target, d, names, "target")])
     b, Xn, yn, (y_mean, y_sd) = prepare(X, y, bounds, cfg, also)
-    Pn = normalise_pending(pending, b, names)
-    Tn = None if target is None else target_points(normalise_pending(target, b, names, "target"), cfg.grid, cfg.seed)
+    Pn = normalise_points(pending, b, names)
+    Tn = None if target is None else target_points(normalise_points(target, b, names, "target"), cfg.grid, cfg.seed)
     span = b[:, 1] - b[:, 0]
     d = Xn.shape[1]
     kernel = for_bounds(cfg.kernel, b, cfg.alpha, cfg.period)
@@ -119,7 +119,7 @@ def tell_state(state: AskTellState, X, y, atol: float, names=None) -> AskTellSta
     """Add measurements; pending points within atol (per column) of a measured one leave the
     pending list (the nearest pending point per measurement)."""
     d = state.X.shape[1]
-    Xt = check_pending(X, d, names)
+    Xt = check_points(X, d, names, "measured")
     yt = np.asarray(y, dtype=np.float64).reshape(-1)
     if yt.shape[0] != Xt.shape[0] or not np.isfinite(yt).all():
         raise PlacementError(f"tell needs one finite y per point; got {yt.shape[0]} values for {Xt.shape[0]} point(s).")
@@ -140,8 +140,8 @@ class Suggester:
 
     def __init__(self, df, x_columns=None, y_column: str = "y", bounds=None, pending=None, target=None, **options):
         X, y, self.names = frame_to_arrays(df, x_columns, y_column)
-        self.target = None if target is None else check_pending(target, X.shape[1], self.names, "target")
-        pending = check_pending(pending, X.shape[1], self.names)
+        self.target = None if target is None else check_points(target, X.shape[1], self.names, "target")
+        pending = check_points(pending, X.shape[1], self.names)
         self.bounds = check_bounds(bounds, X, np.concatenate([pending, np.zeros((0, X.shape[1])) if self.target is None
                                                               else self.target]))
         self.options = options

@@ -106,10 +106,10 @@ def prepare(X, y, bounds, cfg=None, also=None):
     return b, np.clip(Xn, 0.0, 1.0), (y - y_mean) / y_sd, (y_mean, y_sd)
 
 
-def normalise_pending(pending, b, names=None, what: str = "pending"):
-    """Points (see check_pending) on the normalised scale of bounds b (d, 2); ``what``
+def normalise_points(points, b, names=None, what: str = "pending"):
+    """Points (see check_points) on the normalised scale of bounds b (d, 2); ``what``
     names them in errors (pending, target)."""
-    P = check_pending(pending, b.shape[0], names, what)
+    P = check_points(points, b.shape[0], names, what)
     Pn = (P - b[:, 0]) / (b[:, 1] - b[:, 0])
     out = np.any((Pn < -1e-9) | (Pn > 1 + 1e-9), axis=1)
     if np.any(out):
@@ -118,21 +118,22 @@ def normalise_pending(pending, b, names=None, what: str = "pending"):
     return np.clip(Pn, 0.0, 1.0)
 
 
-def check_pending(pending, d: int, names=None, what: str = "pending"):
-    """Points given by the user (pending: suggested, not yet measured; target: where the
-    predictions matter): None, an array (p, d) (or (p,) when d = 1), a DataFrame or a CSV
-    path: the input columns by name when it has them all (so a suggestions.csv can be passed
-    back as it is), else its first d columns. Returns (p, d), possibly p = 0."""
-    if pending is None:
+def check_points(points, d: int, names=None, what: str = "pending"):
+    """Points given by the user, named ``what`` in errors (pending: suggested, not yet
+    measured; target: where the predictions matter; measured: the inputs given to ``tell``):
+    None, an array (p, d) (or (p,) when d = 1), a DataFrame or a CSV path: the input columns
+    by name when it has them all (so a suggestions.csv can be passed back as it is), else its
+    first d columns. Returns (p, d), possibly p = 0."""
+    if points is None:
         return np.zeros((0, d))
-    if isinstance(pending, (str, Path)):
-        pending = read_csv(pending, f"{what} file", f"{what}=path/to/points.csv")
-    if hasattr(pending, "iloc"):
-        named = names is not None and all(str(c) in map(str, pending.columns) for c in names)
-        pending = pending[[c for c in pending.columns if str(c) in set(map(str, names))]] if named \
-            else pending.iloc[:, :d]
+    if isinstance(points, (str, Path)):
+        points = read_csv(points, f"{what} file", f"{what}=path/to/points.csv")
+    if hasattr(points, "iloc"):
+        named = names is not None and all(str(c) in map(str, points.columns) for c in names)
+        points = points[[c for c in points.columns if str(c) in set(map(str, names))]] if named \
+            else points.iloc[:, :d]
     try:
-        P = np.asarray(pending, dtype=np.float64)
+        P = np.asarray(points, dtype=np.float64)
     except (TypeError, ValueError):
         raise PlacementError(f"{what} points must be numbers, one row per point and one column per input.") from None
     if P.ndim == 1 and d == 1:
