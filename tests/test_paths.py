@@ -376,17 +376,19 @@ def test_suggest_path(tmp_path, suggest_data, criterion, sampler, d):
 # -- summarize a multirun ----------------------------------------------------------------------
 def test_multirun_then_summarize(tmp_path):
     sweep = tmp_path / "sweep"
-    r = placement("run", "-m", "optimizer=adam,sgd", "steps=2", "plots=false", f"hydra.sweep.dir={sweep}",
+    # seeds too: every job in a folder of its own (named by its overrides, steps left out so a
+    # resume with more steps finds it)
+    r = placement("run", "-m", "optimizer=adam,sgd", "seed=0,1", "steps=2", "plots=false", f"hydra.sweep.dir={sweep}",
                   *SAMPLERS["importance_run"], *RETRY)
     assert_ok(r)
-    assert len(list(sweep.rglob("result.json"))) == 2
+    assert len(list(sweep.rglob("result.json"))) == 4
     r = placement("summarize", str(sweep))
     assert_ok(r)
     text = (sweep / "summary.md").read_text()
     assert "optimizer=adam" in text and "optimizer=sgd" in text and "| run | F |" in text
     rows = json.loads((sweep / "summary.json").read_text())
-    assert len(rows) == 2 and sorted(o for row in rows for o in row["run"].split() if o.startswith("optimizer=")) == [
-        "optimizer=adam", "optimizer=sgd"]
+    assert len(rows) == 4 and sorted(o for row in rows for o in row["run"].split() if o.startswith("optimizer=")) == [
+        "optimizer=adam", "optimizer=adam", "optimizer=sgd", "optimizer=sgd"]
     for row in rows:
         assert finite(row["F"]) and finite(row["F_se"]) and row["steps"] == 2 and row["stop"] == "steps"
     check_png(sweep / "summary.png")
