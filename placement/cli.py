@@ -131,6 +131,7 @@ def _gradient(cfg) -> None:
         **_fantasy_fields(problem),
         "cut_short": d.get("cut_short"),  # "max_seconds": the time budget ended the extra draws
         "diagnostics": d,
+        "versions": _versions(),  # and the devices used, as in result.json and suggest.json
     }
     budget.raise_pending()  # a Ctrl-C or SIGTERM that Python dropped still stops the command here
     out = write_json(_run_dir() / "gradient.json", result)

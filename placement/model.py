@@ -241,7 +241,7 @@ def from_pymc(
             f"the model has no variable named {objective!r} to use as the objective "
             f"(Deterministics in the model: {dets}). Add pm.Deterministic({objective!r}, ...) "
             "or name one of them (objective.name=... with objective=custom on the command line, "
-            "objective= in placement.from_pymc)."
+            "objective= in placement.gradient or placement.model.from_pymc)."
         )
     if not model.value_vars:
         raise PlacementError("the model has no free parameters; there is no posterior to sample.")

@@ -171,8 +171,9 @@ def check_png(path: Path) -> None:
 
 def check_gradient_json(path: Path, shape: tuple) -> dict:
     res = json.loads(path.read_text())
-    for key in ["X", "F", "F_se", "grad", "grad_se", "trusted", "warnings"]:
+    for key in ["X", "F", "F_se", "grad", "grad_se", "trusted", "warnings", "versions"]:
         assert key in res, key
+    assert res["versions"]["devices"], res["versions"]  # docs/how-to/gpu.md: the devices used
     X, g, se = (np.asarray(res[k], dtype=float) for k in ("X", "grad", "grad_se"))
     assert X.shape == shape and g.shape == shape and se.shape == shape, (X.shape, g.shape, se.shape)
     assert finite(res["F"]) and finite(res["F_se"]) and res["F_se"] >= 0, (res["F"], res["F_se"])
