@@ -289,6 +289,7 @@ BAD = [
     ("d.csv", "x,y\n1,a\n2,3\n3,5\n", [], "numbers only"),
     ("d.csv", "", [], "cannot read"),
     ("d.csv", "x,y\n1,2\n2,3\n3,5\n", ["criterion=best"], "unknown criterion"),
+    ("d.csv", "x,site,y\n1,a,2\n2,b,3\n3,c,5\n", [], r"\['site'\] hold text"),  # the column at fault named
 ]
 
 

@@ -45,7 +45,12 @@ def frame_to_arrays(df, x_columns=None, y_column: str = "y", source: str = "the 
         X = df[x_columns].to_numpy(dtype=np.float64)
         y = df[y_column].to_numpy(dtype=np.float64)
     except (ValueError, TypeError):
-        raise PlacementError(f"{source}: columns {x_columns + [y_column]} must hold numbers only.") from None
+        import pandas as pd
+
+        text = [c for c in x_columns + [y_column] if pd.to_numeric(df[c], errors="coerce").isna().gt(df[c].isna()).any()]
+        raise PlacementError(f"{source}: column(s) {text or x_columns + [y_column]} hold text; every input and y column "
+                             "must hold numbers only (drop a label column or name the inputs with x_columns=[...]).") \
+            from None
     bad = ~np.isfinite(X).all(axis=1) | ~np.isfinite(y)
     if bad.any():
         raise PlacementError(f"{source}: rows {np.nonzero(bad)[0][:10].tolist()} contain NaN, empty or infinite "
