@@ -89,3 +89,9 @@ def default_sigint():
     background (`pytest &` from a script) inherits SIGINT ignored, and Python then never installs
     its KeyboardInterrupt handler, so the child would ignore the SIGINT a test sends."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def one_thread_xla_flags() -> str:
+    """XLA_FLAGS for a CLI process started beside others on this machine: the suite's flags
+    (tests/conftest.py, so its programs compile as this process's do) and one XLA thread."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip()

@@ -14,10 +14,11 @@ import pytest
 from placement import distributed
 from placement.errors import PlacementError
 
+from inprocess import one_thread_xla_flags
+
 PLACEMENT = [sys.executable, "-m", "placement.cli"]
 # one XLA thread and one CPU device per process: the two processes share this machine's cores
-# (and the suite's other XLA flags, tests/conftest.py)
-QUIET = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip(), "OMP_NUM_THREADS": "1", "PLACEMENT_CPU_DEVICES": "1",
+QUIET = {"XLA_FLAGS": one_thread_xla_flags(), "OMP_NUM_THREADS": "1", "PLACEMENT_CPU_DEVICES": "1",
          "JAX_PLATFORMS": "cpu"}
 
 

@@ -24,9 +24,9 @@ def test_joblib_launcher_sweep_writes_every_job_and_matches_a_single_run(tmp_pat
     res = placement("gradient", "seed=1", f"hydra.run.dir={single}", *CHEAP)
     assert res.code == 0, res.show()
 
-    # the suite's XLA flags (tests/conftest.py: the programs must compile as in this process), one thread
-    env = dict(os.environ, PLACEMENT_CACHE=str(session_cache_base),
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen=false".strip())
+    from inprocess import one_thread_xla_flags
+
+    env = dict(os.environ, PLACEMENT_CACHE=str(session_cache_base), XLA_FLAGS=one_thread_xla_flags())
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "placement.cli", "gradient", "-m", "seed=0,1", "hydra/launcher=joblib",
            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", *CHEAP]
