@@ -204,18 +204,35 @@ def chunk_indices(N: int, size: int) -> Iterator[tuple]:
         yield (np.concatenate([idx, np.full(size - real, i)]) if real < size else idx), real
 
 
+_COUNT: contextvars.ContextVar = contextvars.ContextVar("placement_count", default=None)
+
+
+@contextlib.contextmanager
+def counting(done: float, total: float) -> Iterator[None]:
+    """Inside: ``over_chunks`` reports ``done`` plus its own rows, of ``total``: the work it
+    does is one batch of a larger count (e.g. more draws after 8192, of 16384 wanted),
+    not the whole."""
+    token = _COUNT.set((done, total))
+    try:
+        yield
+    finally:
+        _COUNT.reset(token)
+
+
 def over_chunks(call: Callable, N: int, size: int, note: str) -> tuple:
     """``call(indices)`` -> a tuple of arrays with ``size`` rows, on every chunk of
-    ``chunk_indices(N, size)``, with a ``checkpoint`` after each; the results' real rows
-    concatenated (NumPy results stay on the host, JAX arrays on their device)."""
+    ``chunk_indices(N, size)``, with a ``checkpoint`` after each (its rows counted on from
+    ``counting``'s when one is active); the results' real rows concatenated (NumPy results
+    stay on the host, JAX arrays on their device)."""
     import jax.numpy as jnp
     import numpy as np
 
+    base, total = _COUNT.get() or (0, N)
     parts, done = [], 0
     for idx, real in chunk_indices(N, size):
         parts.append(tuple(o[:real] for o in call(idx)))
         done += real
-        checkpoint(done, N, note)
+        checkpoint(base + done, max(total, base + done), note)
     cat = np.concatenate if isinstance(parts[0][0], np.ndarray) else jnp.concatenate
     return tuple(cat([p[k] for p in parts]) for k in range(len(parts[0])))
 

@@ -37,7 +37,7 @@ EXIT_INTERRUPT = 130  # SIGINT / Ctrl-C (128 + 2, as shells report it)
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15): a scheduler's or `timeout`'s stop
 
 
-def _interrupted(cmd: str, e: BaseException, run_dir: Path, created: bool) -> None:
+def _interrupted(cmd: str, e: BaseException, run_dir: Path, discard: list[Path]) -> None:
     """Stop on Ctrl-C or SIGTERM. ``run`` keeps its folder (checkpoint.pkl is whole: written
     atomically after each step) and says how to resume; ``gradient`` and ``suggest`` write
     their results only at the end, so a folder they created is removed."""
@@ -47,8 +47,7 @@ def _interrupted(cmd: str, e: BaseException, run_dir: Path, created: bool) -> No
         print(f"{what}; the last completed step is saved. Continue with: placement {cmd} "
               f"resume=true hydra.run.dir={run_dir} (and the same overrides)", file=sys.stderr)
     else:
-        if created and run_dir.exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+        _discard(discard)
         print(f"{what}; nothing was written.", file=sys.stderr)
     sys.exit(code)
 
@@ -61,11 +60,40 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _fail(msg: str, run_dir: Path | None, created: bool) -> None:
+def _fail(msg: str, discard: list[Path]) -> None:
     print(f"error: {msg}", file=sys.stderr)
-    if created and run_dir is not None and run_dir.exists():
-        shutil.rmtree(run_dir, ignore_errors=True)  # no half-written output
+    _discard(discard)  # no half-written output
     sys.exit(2)
+
+
+def _discard(folders: list[Path]) -> None:
+    """Remove the run folder this command made (``folders[0]``), then the folders above it that
+    Hydra made for it (the rest, deepest first) while they are empty."""
+    if folders:
+        shutil.rmtree(folders[0], ignore_errors=True)
+    for parent in folders[1:]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (another run's folder), or gone
+            break
+
+
+def _new_parents(cmd: str, overrides: list[str]) -> list[Path]:
+    """The folders above this command's run folder that do not exist yet, deepest first (e.g.
+    outputs/suggest and outputs on a first run): Hydra makes them with the run folder, and a
+    command that stops with nothing written removes them again."""
+    spec = next((a.split("=", 1)[1] for a in reversed(overrides) if a.lstrip("+").startswith("hydra.run.dir=")), None)
+    if spec is None:
+        import yaml
+
+        spec = str(yaml.safe_load(Path(CONF_DIR, f"{cmd}.yaml").read_text())["hydra"]["run"]["dir"])
+    head = spec.split("$", 1)[0]  # the part before the first ${...}: fixed folders
+    base = Path(head) if "$" in spec and head.endswith("/") else Path(head).parent
+    out, p = [], Path.cwd() / base
+    while not p.exists():
+        out.append(p)
+        p = p.parent
+    return out
 
 
 def _enable_compile_cache(cfg) -> None:
@@ -544,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides, scratch = worker or ([], None)
     rest = rest + overrides
 
+    new_parents = _new_parents(cmd, rest)
+
     def task(cfg: DictConfig) -> None:
         from placement.runtime import quiet_console_logging
 
@@ -551,35 +581,36 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = _run_dir()
         created = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir()) if run_dir.exists() else True
         created = created and distributed.is_main()  # another process's folder is process 0's to remove
+        discard = [run_dir, *new_parents] if created else []
         try:
             from placement import memory
 
             with memory.scope(cfg.get("max_memory")):  # what gradient/run plan their batches for
                 TASKS[cmd](cfg)
         except PlacementError as e:
-            _fail(str(e), run_dir, created)
+            _fail(str(e), discard)
         except InstantiationException as e:  # a config class refused its settings (__post_init__)
             cause = e.__cause__
             while cause is not None and not isinstance(cause, PlacementError):
                 cause = cause.__cause__
-            _fail(str(cause) if cause is not None else f"configuration: {str(e).splitlines()[-1]}", run_dir, created)
+            _fail(str(cause) if cause is not None else f"configuration: {str(e).splitlines()[-1]}", discard)
         except OmegaConfBaseException as e:  # e.g. a mandatory key left at ???
             _fail(f"configuration: {str(e).splitlines()[0]} (set it on the command line, e.g. data=FILE).",
-                  run_dir, created)
+                  discard)
         except (KeyboardInterrupt, _Terminated) as e:
-            _interrupted(cmd, e, run_dir, created)
+            _interrupted(cmd, e, run_dir, discard)
         except ValueError as e:  # a number setting given text, e.g. steps=abc
             problem = _bad_number(e, rest)
             if problem is None:
                 raise
-            _fail(problem, run_dir, created)
+            _fail(problem, discard)
         except Exception as e:  # an allocation failure that planning did not foresee: one message, no traceback
             from placement.memory import is_oom, oom_error
 
             if not is_oom(e):
                 raise
             _fail(str(oom_error(e, f"placement {cmd}", "Set a smaller problem or batch, or raise max_memory.")),
-                  run_dir, created)
+                  discard)
 
     budget.clear_stop()
     sigint = signal.getsignal(signal.SIGINT)

@@ -187,7 +187,9 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
     local = jax.local_devices()
     D = len(jax.devices()) if distributed.lockstep() else len(local)
     lim = memory.limit(setting)
+    share = ""
     if len(local) > 1 and local[0].platform == "cpu":
+        share = f" per device ({memory.human(lim)} over {len(local)} CPU devices)"
         lim //= len(local)
     if distributed.lockstep():  # the smallest over the processes, so that every one plans the same work
         lim = distributed.agree_min((lim,))[0]
@@ -207,7 +209,7 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
         batch, need = min(auto_batch(jm), per_device), None
         if not _surely_fits(jm, batch, per_device, X, y, lim):  # small work: no compile just to read its size
             batch, _, need = memory.fit_batch(lambda b: _compiled(jm, b, chunk, X, y), batch, lim, what, change,
-                                              resident=X.nbytes + y.nbytes, snap=_power_of_two)
+                                              resident=X.nbytes + y.nbytes, snap=_power_of_two, share=share)
     except PlacementError:
         raise
     except Exception as e:  # noqa: BLE001 - y of another shape (design modes) or no lowering: no plan

@@ -145,7 +145,8 @@ def per_item_bound(fn: Callable, *args) -> int:
 
 
 def fit_batch(compile_at: Callable[[int], object], batch: int, budget: int, what: Callable[[int], str],
-              change: str, resident: int = 0, snap: Callable[[int], int] | None = None) -> tuple[int, object, int | None]:
+              change: str, resident: int = 0, snap: Callable[[int], int] | None = None,
+              share: str = "") -> tuple[int, object, int | None]:
     """The largest batch <= ``batch`` whose compiled program fits in ``budget`` bytes.
 
     compile_at(b) -> a compiled program for b items (``jit(...).lower(...).compile()``);
@@ -153,12 +154,13 @@ def fit_batch(compile_at: Callable[[int], object], batch: int, budget: int, what
     (batch, compiled, bytes). Compiles at ``batch``, then - only when that is too big - at
     the batch the linear scaling predicts, shrinking until it fits or one item does not.
     ``snap(b)``: the batch to use instead of a predicted b (<= b; e.g. a power of two that
-    divides the work into equal batches)."""
+    divides the work into equal batches). ``share``: what ``budget`` is a part of, for the
+    error (e.g. " per device (1 kB over 2 CPU devices)")."""
     compiled = compile_at(batch)
     need = compiled_bytes(compiled, resident)
     while need is not None and need > budget:
         if batch == 1:
-            raise PlacementError(f"{what(need)} needs {human(need)} but max_memory allows {human(budget)}. {change}")
+            raise PlacementError(f"{what(need)} needs {human(need)} but max_memory allows {human(budget)}{share}. {change}")
         per_item = need / batch
         batch = max(1, min(batch - 1, int(budget // max(per_item, 1))))
         batch = batch if snap is None else max(1, min(batch, snap(batch)))

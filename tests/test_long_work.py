@@ -208,6 +208,24 @@ def test_gradient_api_budget_and_memory_settings(seed_problem):
         placement.relocate(seed_problem, steps=1, max_memory="lots")
 
 
+def test_gradient_progress_counts_the_extra_draws_of_a_precision_target(seed_problem):
+    """Past the first estimate the progress counts every draw made, of the number the target
+    needs (not each batch's own 2048 of 2048), and ends at the draws the estimate used (a
+    retry after an untrusted attempt starts the count again)."""
+    import placement
+
+    small = dict(num_samples=2048, adapt_samples=64, pilot_iters=1, aim=False, rel_se=0.05, max_draws=65536,
+                 gradient_check="off")
+    seen = []
+    with budget.scope(progress=lambda done, total, note: seen.append((done, total))):
+        est = placement.gradient(seed_problem, **small)
+    n = est.diagnostics["num_draws"]
+    assert n > 2048, n  # the target needed more draws than the first batch
+    later = [(d, t) for d, t in seen if t > 2048]
+    assert later and later[-1][0] == n, (n, seen)
+    assert all(d <= t for d, t in seen), str(seen)
+
+
 def test_gradient_cli_memory_too_small_stops_before_sampling_with_one_error(tmp_path):
     from inprocess import placement
 

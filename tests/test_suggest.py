@@ -282,7 +282,7 @@ BAD = [
     ("d.csv", "x,y\n1,2\n,4\n3,5\n", [], "NaN, empty or infinite"),
     ("d.csv", "x,y\n1,2\n1,4\n3,5\n", [], "duplicate input rows"),
     ("d.csv", "x,y\n1,2\n", [], "at least two"),
-    ("d.csv", "x,y\n1,2\n2,3\n3,5\n", ["k=0"], "k must be at least 1"),
+    ("d.csv", "x,y\n1,2\n2,3\n3,5\n", ["k=0"], "k must be a whole number >= 1 (the number of points to suggest); got 0."),
     ("d.csv", "x,y\n1,2\n2,3\n3,5\n", ["bounds=[[3,1]]"], "lo < hi"),
     ("d.csv", "x,y\n1,2\n2,3\n3,5\n", ["bounds=[[1.5,3]]"], "outside the given bounds"),
     ("d.csv", "x,y\n1,2\n2,3\n3,5\n", ["x_columns=[q]"], "lacks input columns"),
@@ -310,7 +310,7 @@ def test_suggest_bad_input_is_caught_before_any_work(tmp_path, fname, content, e
 
     if content is not None:
         (tmp_path / fname).write_text(content)
-    with pytest.raises(PlacementError, match=message.replace("(", r"\(")):
+    with pytest.raises(PlacementError, match=message.replace("(", r"\(").replace(")", r"\)")):
         _preflight(tmp_path / fname, extra)
 
 
@@ -318,10 +318,10 @@ def test_suggest_bad_input_is_caught_before_any_work(tmp_path, fname, content, e
 def test_cli_suggest_bad_input(tmp_path, in_process_cli, fname, content, extra, message):
     if content is not None:
         (tmp_path / fname).write_text(content)
-    out = tmp_path / "out"
+    out = tmp_path / "outputs" / "suggest" / "run"
     r = in_process_cli([f"data={tmp_path / fname}", f"hydra.run.dir={out}", *FAST, *extra])
     assert_clear_error(r, message)
-    assert not out.exists()
+    assert not (tmp_path / "outputs").exists()  # nor the folders Hydra made above the run folder
 
 
 def test_map_mode_suggests_from_one_hyperparameter_setting():

@@ -51,7 +51,7 @@ class SuggestConfig:
                 raise PlacementError(f"{name} must be {what}; got {v!r}.")
             object.__setattr__(self, name, v)
 
-        num("k", int, 1, "a whole number >= 1 (k must be at least 1)")
+        num("k", int, 1, "a whole number >= 1 (the number of points to suggest)")
         num("num_hyper", int, 1, "a whole number >= 1")
         num("num_fantasies", int, 1, "a whole number >= 1")
         num("grid", int, 2, "a whole number >= 2")
