@@ -465,6 +465,8 @@ class Relocation:
         stop_reason: steps | grad_tol | patience | sampler_trouble.
         estimate: the last ``Estimate`` (at the final design): ``.to_inference_data()``.
         state: the loop's ``OuterState`` (``placement.loop``), to continue from.
+        best: the trusted step with the best F, {step, F, F_se, X, se_gap} (``placement.loop.
+            best_visited``): the final design need not be the best one visited.
     """
 
     X: np.ndarray
@@ -478,6 +480,7 @@ class Relocation:
     estimate: Estimate | None = None
     state: Any = field(default=None, repr=False)
     y_mode: str = "fixed"  # what y was while X moved: fixed | simulator | predictive
+    best: dict | None = None
 
     def to_inference_data(self, **kwargs):
         """The posterior at the final design (see ``Estimate.to_inference_data``)."""
@@ -570,7 +573,7 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
     import pandas as pd
 
     from placement.constraints import check_design_in_bounds
-    from placement.loop import Progress, initial_state, run_loop
+    from placement.loop import Progress, best_visited, initial_state, run_loop
 
     choices = {}
     if isinstance(sampler, str):
@@ -626,4 +629,4 @@ def relocate(model, objective: str | None = None, *, steps: int = 50, direction:
     return Relocation(X=X, X0=np.asarray(X0), F=float(rows["F"].iloc[-1]), F_se=float(rows["F_se"].iloc[-1]),
                       trajectory=rows, stop_reason=state.stop_reason, objective=jm.objective_name,
                       direction=direction, estimate=None if est is None else _estimate(engine, est, X, engine.jm.y_at(X)),
-                      state=state, y_mode=problem.y_mode)
+                      state=state, y_mode=problem.y_mode, best=best_visited(state.rows, direction, X.shape))

@@ -247,7 +247,7 @@ def _run(cfg) -> None:
     from placement.inference_data import write_netcdf
     from placement.predictive import check_measured_design, hold_measured
     from placement.io import write_atomic, write_csv, write_json
-    from placement.loop import Progress, initial_state, load_checkpoint, row_text, run_loop, save_checkpoint
+    from placement.loop import Progress, best_visited, initial_state, load_checkpoint, row_text, run_loop, save_checkpoint
     from placement.problems import domain_points
 
     t0 = time.perf_counter()
@@ -327,6 +327,7 @@ def _run(cfg) -> None:
         "untrusted_steps": [r["step"] for r in state.rows if not r.get("trusted", 1)],
         "retried_steps": [r["step"] for r in state.rows if r.get("attempts", 1) > 1],
         "settings": resolved, "versions": _versions(),
+        "best": best_visited(state.rows, cfg.objective.direction, X_final.shape),
     }
     est = last.get("estimate")  # made at the final design: X does not move on the last step
     if est is not None and est.sample is not None and est.diagnostics.get("sampler") != "map":
@@ -350,6 +351,12 @@ def _run(cfg) -> None:
     print(f"{cfg.objective.name} ({cfg.objective.direction}, y_mode={_mode_text(problem)}): F = {final['F']:.6g} +- {final['F_se']:.2g} after "
           f"{state.step} steps ({STOP_TEXT.get(state.stop_reason, state.stop_reason)}); {result['seconds']:.1f} s -> {out}")
     print("final X:", np.array2string(X_final, precision=4, max_line_width=100))
+    best = result["best"]
+    if best is not None and best["se_gap"] > 2:
+        print(f"note: step {best['step']} had a better F = {best['F']:.6g} +- {best['F_se']:.2g} ({best['se_gap']:.1f} SE "
+              "better than the final step's; its design is result.json's best.X). It is the best of many noisy "
+              "values, so somewhat optimistic: check it with placement gradient X=[...] before preferring it.",
+              file=sys.stderr)
     if result["retried_steps"]:
         print(f"note: sampler trouble at steps {result['retried_steps']}; retried with safer settings "
               "(see the actions column of trajectory.csv).", file=sys.stderr)

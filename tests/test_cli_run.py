@@ -54,6 +54,9 @@ def test_run_writes_trajectory_result_and_plots(reference):
     assert res["versions"]["jax"] == "0.9.2" and res["settings"]["seed"] == 4
     assert res["settings"]["sampler"]["num_samples"] == 2048  # the resolved config, overrides included
     assert all(0.0 <= x <= 10.0 for x in res["X"])
+    best = res["best"]  # the best trusted step: its F is that row's of trajectory.csv
+    assert len(best["X"]) == 10 and best["F"] == min(float(r["F"]) for r in rows)
+    assert best["X"] == [float(rows[best["step"]][f"x{i}"]) for i in range(10)]
     for png in ["points.png", "objective.png", "predictive.png", "config.yaml"]:
         assert (out / png).exists(), png
 

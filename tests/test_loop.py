@@ -10,7 +10,7 @@ from conjugate import build, closed_form_F
 from placement.constraints import Constraints
 from placement.engine import Engine
 from placement.importance import ISConfig
-from placement.loop import LoopConfig, initial_state, load_checkpoint, outer_step, run_loop, save_checkpoint
+from placement.loop import LoopConfig, best_visited, initial_state, load_checkpoint, outer_step, run_loop, save_checkpoint
 from placement.model import from_pymc
 from placement.optim import make_optimizer
 from placement.problems import SIMULATORS
@@ -50,6 +50,35 @@ def test_loop_reduces_the_objective_beyond_its_error(conj_engine):
     first, last = st.rows[0], st.rows[-1]
     assert last["F"] < first["F"] - 4 * np.hypot(first["F_se"], last["F_se"])
     assert np.all(st.X >= -3.0) and np.all(st.X <= 3.0)
+
+
+def test_best_visited_is_a_design_the_loop_estimated_and_its_exact_F_agrees(conj_engine):
+    """The best trusted step's design is the one its F was estimated at: the conjugate model's
+    closed form at that design lies within the step's SE, and no trusted step's F is lower."""
+    opt = make_optimizer("adam", 0.3)
+    st = run_loop(conj_engine, initial_state(conj_engine, conj_engine.jm.X, opt, 1), opt,
+                  Constraints(lower=-3.0, upper=3.0), LoopConfig(steps=10, direction="minimize"))
+    best = best_visited(st.rows, "minimize", np.shape(st.X))
+    assert best["F"] == min(r["F"] for r in st.rows) and best["X"].shape == np.shape(st.X)
+    exact = float(closed_form_F(jnp.asarray(best["X"]), jnp.asarray(conj_engine.jm.y), 1.0, 0.5, 0.3))
+    assert abs(best["F"] - exact) <= 4 * best["F_se"] + 1e-9, (best, exact)
+    assert best["F_se"] <= 0.05 * abs(exact)  # an SE cap, so the check above cannot pass on a wide SE
+
+
+def test_best_visited_picks_by_direction_skips_untrusted_steps_and_measures_the_gap():
+    def row(step, F, se, x, trusted=1):
+        return {"step": step, "F": F, "F_se": se, "x0_0": x, "x0_1": -x, "x1_0": 2 * x, "x1_1": 0.0,
+                "grad_norm": 1.0, "trusted": trusted}
+
+    rows = [row(0, 3.0, 0.1, 0.0), row(1, 1.0, 0.1, 1.0, trusted=0), row(2, 2.0, 0.3, 2.0), row(3, 2.5, 0.4, 3.0)]
+    low = best_visited(rows, "minimize", (2, 2))
+    assert low["step"] == 2 and low["F"] == 2.0  # step 1 was untrusted: its F is not an answer
+    np.testing.assert_array_equal(low["X"], [[2.0, -2.0], [4.0, 0.0]])
+    assert low["se_gap"] == pytest.approx(0.5 / 0.5)  # (2.5 - 2.0) / hypot(0.3, 0.4)
+    high = best_visited(rows, "maximize", (2, 2))
+    assert high["step"] == 0 and high["se_gap"] == pytest.approx(0.5 / np.hypot(0.1, 0.4))
+    assert best_visited(rows[:1], "minimize", (2, 2))["se_gap"] == 0.0
+    assert best_visited([row(0, 1.0, 0.1, 0.0, trusted=0)], "minimize", (2, 2)) is None
 
 
 def test_stopping_rules(conj_engine):
