@@ -34,7 +34,9 @@ def resolve(mode) -> str:
 
 
 class Reporter:
-    """``Reporter(desc, unit, mode)(done, total, note)``. ``delay``: seconds before anything
+    """``Reporter(desc, unit, mode)(done, total, note)``. ``unit``: what ``done`` counts, or ""
+    when work of several kinds reports through one reporter and each note starts with its
+    own (suggest: "hyperparameter draws", "start-steps, ..."). ``delay``: seconds before anything
     shows; ``interval``: seconds between lines in the ``lines`` mode; ``leave``: keep the bar on
     screen when closed."""
 
@@ -79,9 +81,8 @@ class Reporter:
         elif force or now - self.last_line >= self.interval:
             self.last_line = now
             of = f"/{total:g}" if total else ""
-            extra = f", {note}" if note else ""
-            print(f"{self.desc}: {done:g}{of} {self.unit}{extra} ({now - self.t0:.0f} s)", file=self.stream,
-                  flush=True)
+            what = ", ".join(x for x in (self.unit, note) if x)  # no unit: the note names what is counted
+            print(f"{self.desc}: {done:g}{of} {what} ({now - self.t0:.0f} s)", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

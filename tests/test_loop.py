@@ -150,3 +150,17 @@ def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal(capsys):
     off = Progress(3, enabled=False)
     off(state)
     assert capsys.readouterr().err == ""
+
+
+def test_progress_lines_name_what_is_counted():
+    """A reporter with a unit puts it after the count; one without (suggest: several stages)
+    lets each note name its own, without an empty unit and a stray comma."""
+    import io
+
+    from placement.progress import Reporter
+
+    out = io.StringIO()
+    Reporter("gradient", "draws", "lines", delay=0.0, interval=0.0, stream=out)(4096, 8192, "relative SE 0.02")
+    Reporter("suggest", "", "lines", delay=0.0, interval=0.0, stream=out)(256, 4096, "hyperparameter draws")
+    lines = [ln.rsplit(" (", 1)[0] for ln in out.getvalue().splitlines()]
+    assert lines == ["gradient: 4096/8192 draws, relative SE 0.02", "suggest: 256/4096 hyperparameter draws"], lines

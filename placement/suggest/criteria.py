@@ -272,7 +272,7 @@ def _factorised(kernel, X, G, Y, ell, eta, sigma):
     if m >= M:
         return fac(X, G, Y, ell, eta, sigma)
     return budget.over_chunks(lambda j: fac(X, G, Y[j], ell[j], eta[j], sigma[j]), M, m,
-                              "factorising the data covariance per hyperparameter draw")
+                              "hyperparameter draws' data covariances factorised")
 
 
 def make_criterion(kind, kernel, Xn, yn, G, hyper, z, pending=None):

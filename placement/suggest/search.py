@@ -230,7 +230,7 @@ def batch_search(kind, kernel, data: CritData, k: int, d: int, restarts: int, st
         if v[i] < best["v"]:  # finite values only: a batch whose criterion is not finite is no answer
             best.update(B=np.asarray(B)[i], v=float(v[i]))
         best["done"] += m * len(v)
-        budget.checkpoint(min(best["done"], total), total, f"{label}, best {best['v']:.4g}")
+        budget.checkpoint(min(best["done"], total), total, f"start-steps, {label}, best {best['v']:.4g}")
 
     pace = _Pace()
     try:

@@ -26,7 +26,7 @@ def suggest_arrays(X, y, bounds, cfg: SuggestConfig, pending=None, names=None, t
     be measured), over which the variances are averaged instead of over the box (at most
     ``cfg.grid`` of them: a seeded random subset of more); names: the input columns, to pick
     them from a pending or target table by name."""
-    reporter = Reporter("suggest", "start-steps", cfg.progress)
+    reporter = Reporter("suggest", "", cfg.progress)  # each stage's note names its unit
     try:
         # each process by itself (no sharded work), by its own clock: placement.distributed
         with distributed.alone(), budget.scope(cfg.max_seconds, progress=reporter):
