@@ -180,13 +180,19 @@ def scope(max_seconds=None, progress: Callable | None = None) -> Iterator[Budget
         _ACTIVE.reset(token)
 
 
-def checkpoint(done: float = 0, total: float = 0, note: str = "") -> None:
+def counted() -> bool:
+    """Whether a ``counting`` scope is active: inner work of another unit (NUTS transitions
+    inside a batch of draws) then checks the budget without reporting its own count."""
+    return _COUNT.get() is not None
+
+
+def checkpoint(done: float = 0, total: float = 0, note: str = "", report: bool = True) -> None:
     """Between two chunks: raise a stop request that was recorded but lost (see _PENDING),
     report progress, then raise OutOfTime once the budget is spent. (A Ctrl-C or SIGTERM that
     was not lost has already been raised by the time Python runs this.)"""
     raise_pending()
     b = _ACTIVE.get()
-    if b.progress is not None:
+    if b.progress is not None and report:
         b.progress(done, total, note)
     if math.isfinite(b.deadline) and distributed.agree(b.passed()):  # several processes: process 0's clock
         raise OutOfTime(f"the time budget of {b.max_seconds:g} s ran out")

@@ -78,22 +78,29 @@ def _discard(folders: list[Path]) -> None:
             break
 
 
-def _new_parents(cmd: str, overrides: list[str]) -> list[Path]:
-    """The folders above this command's run folder that do not exist yet, deepest first (e.g.
-    outputs/suggest and outputs on a first run): Hydra makes them with the run folder, and a
-    command that stops with nothing written removes them again."""
+def _before_run(cmd: str, overrides: list[str]) -> tuple[Path, bool]:
+    """Before Hydra makes anything: the deepest folder on the way to this command's run folder
+    that exists already, and whether the run folder itself exists (knowable when its path has
+    no ${...}). A command that stops with nothing written removes only what came after."""
     spec = next((a.split("=", 1)[1] for a in reversed(overrides) if a.lstrip("+").startswith("hydra.run.dir=")), None)
     if spec is None:
         import yaml
 
         spec = str(yaml.safe_load(Path(CONF_DIR, f"{cmd}.yaml").read_text())["hydra"]["run"]["dir"])
     head = spec.split("$", 1)[0]  # the part before the first ${...}: fixed folders
-    base = Path(head) if "$" in spec and head.endswith("/") else Path(head).parent
-    out, p = [], Path.cwd() / base
+    p = Path(os.path.normpath(Path.cwd() / head))
     while not p.exists():
-        out.append(p)
         p = p.parent
-    return out
+    return p, "$" not in spec and Path(os.path.normpath(Path.cwd() / spec)).exists()
+
+
+def _made_for(run_dir: Path, existed: Path) -> list[Path]:
+    """run_dir and the folders above it up to (not including) ``existed``, deepest first: what
+    Hydra made for this run. Only run_dir when ``existed`` is not above it (a sweep's folder)."""
+    run_dir = Path(os.path.normpath(run_dir.absolute()))
+    if existed not in run_dir.parents:
+        return [run_dir]
+    return [run_dir, *[p for p in run_dir.parents if existed in p.parents]]
 
 
 def _enable_compile_cache(cfg) -> None:
@@ -352,9 +359,12 @@ def _run(cfg) -> None:
           f"{state.step} steps ({STOP_TEXT.get(state.stop_reason, state.stop_reason)}); {result['seconds']:.1f} s -> {out}")
     print("final X:", np.array2string(X_final, precision=4, max_line_width=100))
     best = result["best"]
-    if best is not None and best["se_gap"] > 2:
+    if best is not None and best["se_gap"] == np.inf:
+        print(f"note: step {best['step']} had a better F = {best['F']:.6g} (no Monte Carlo error; its design is "
+              "result.json's best.X).", file=sys.stderr)
+    elif best is not None and best["se_gap"] > 2:
         print(f"note: step {best['step']} had a better F = {best['F']:.6g} +- {best['F_se']:.2g} ({best['se_gap']:.1f} SE "
-              "better than the final step's; its design is result.json's best.X). It is the best of many noisy "
+              "better than the last trusted step's; its design is result.json's best.X). It is the best of many noisy "
               "values, so somewhat optimistic: check it with placement gradient X=[...] before preferring it.",
               file=sys.stderr)
     if result["retried_steps"]:
@@ -579,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides, scratch = worker or ([], None)
     rest = rest + overrides
 
-    new_parents = _new_parents(cmd, rest)
+    existed, run_dir_existed = _before_run(cmd, rest)
 
     def task(cfg: DictConfig) -> None:
         from placement.runtime import quiet_console_logging
@@ -587,8 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         quiet_console_logging()  # third-party INFO off the terminal (kept in the run's .log)
         run_dir = _run_dir()
         created = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir()) if run_dir.exists() else True
-        created = created and distributed.is_main()  # another process's folder is process 0's to remove
-        discard = [run_dir, *new_parents] if created else []
+        created = created and not run_dir_existed and distributed.is_main()  # another process's: process 0's
+        discard = _made_for(run_dir, existed) if created else []
         try:
             from placement import memory
 

@@ -120,7 +120,7 @@ class Engine:
                 budget.checkpoint(n, want)  # the standing status says the precision reached
                 while n < want and n + batch <= target.max_draws and not out_of_time():
                     i += 1
-                    with budget.counting(n, want):  # progress: n + this batch's draws, of want
+                    with budget.counting(n, max(want, n + batch)):  # progress: n + this batch's draws
                         state, new = self.sampler.extend(jax.random.fold_in(key, 5000 + i), state, X, y)
                         batch = new.theta.shape[0]
                         sample, evaluated = merge(sample, evaluated, new, self.terms(jnp.asarray(new.theta), X, y))

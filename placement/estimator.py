@@ -192,7 +192,8 @@ def plan(jm: JaxModel, max_memory=None) -> Plan:
         share = f" per device ({memory.human(lim)} over {len(local)} CPU devices)"
         lim //= len(local)
     if distributed.lockstep():  # the smallest over the processes, so that every one plans the same work
-        lim = distributed.agree_min((lim,))[0]
+        own, lim = lim, distributed.agree_min((lim,))[0]
+        share += " (the smallest over the processes)" if lim < own else ""
     chunk = auto_chunk(jm, lim)
     per_device = -(-chunk // D)
     X = jnp.asarray(jm.X)

@@ -84,7 +84,8 @@ def _row(step, X, est, seconds, attempts=None):
 def best_visited(rows: list, direction: str, shape) -> dict | None:
     """The trusted step whose estimate of F was best (lowest when minimising), as
     {step, F, F_se, X (of ``shape``), se_gap}: se_gap is how many standard errors of their
-    difference the final step's F is worse (0 when the final step is the best). A stochastic
+    difference the last trusted step's F is worse (0 when it is the best; inf when a
+    deterministic estimate, MAP's, with no SE, is worse at all). A stochastic
     optimiser at a fixed learning rate wanders near an optimum, so the last design need not be
     the best one visited. The pick is the best of many noisy values, so its F is optimistic:
     by about 2.5 SE when 50 designs are in fact equal. None without a trusted step."""
@@ -93,11 +94,13 @@ def best_visited(rows: list, direction: str, shape) -> dict | None:
         return None
     sign = 1.0 if direction == "minimize" else -1.0
     best = min(ok, key=lambda r: sign * r["F"])
-    last = rows[-1]
-    xs = [v for k, v in best.items() if k[0] == "x" and k[1:].replace("_", "").isdigit()]
-    gap = sign * (last["F"] - best["F"]) / max(float(np.hypot(last["F_se"], best["F_se"])), 1e-300)
+    last = ok[-1]
+    cols = sorted((tuple(int(i) for i in k[1:].split("_")), v) for k, v in best.items()
+                  if k[:1] == "x" and k[1:].replace("_", "").isdigit())  # x2 before x10, whatever the key order
+    diff, se = sign * (last["F"] - best["F"]), float(np.hypot(last["F_se"], best["F_se"]))
+    gap = 0.0 if best is last or diff <= 0 else (diff / se if se > 0 else np.inf)
     return {"step": int(best["step"]), "F": float(best["F"]), "F_se": float(best["F_se"]),
-            "X": np.asarray(xs, dtype=np.float64).reshape(shape), "se_gap": float(gap) if best is not last else 0.0}
+            "X": np.asarray([v for _, v in cols], dtype=np.float64).reshape(shape), "se_gap": float(gap)}
 
 
 def initial_state(engine: Engine, X0, optimizer: optax.GradientTransformation, seed: int) -> OuterState:

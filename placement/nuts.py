@@ -247,7 +247,7 @@ def make_nuts(logdensity: Callable, config: NUTSConfig) -> Nuts:
             outs.append(tuple(o[:m] for o in out))
             i += m
             if i < n:
-                budget.checkpoint(i, n, note)
+                budget.checkpoint(i, n, note, report=not budget.counted())  # inside extra draws: theirs
         pos, div, acc, nst = (np.concatenate(x) for x in zip(*outs))
         return state, Draws(np.swapaxes(pos, 0, 1), div.T, acc.T, nst.T)
 

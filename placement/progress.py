@@ -33,6 +33,11 @@ def resolve(mode) -> str:
     return mode
 
 
+def _count(x: float) -> str:
+    """1048576 as it is, not 1.04858e+06; fractions as %g."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 class Reporter:
     """``Reporter(desc, unit, mode)(done, total, note)``. ``unit``: what ``done`` counts, or ""
     when work of several kinds reports through one reporter and each note starts with its
@@ -80,9 +85,9 @@ class Reporter:
             self.bar.refresh()
         elif force or now - self.last_line >= self.interval:
             self.last_line = now
-            of = f"/{total:g}" if total else ""
+            of = f"/{_count(total)}" if total else ""
             what = ", ".join(x for x in (self.unit, note) if x)  # no unit: the note names what is counted
-            print(f"{self.desc}: {done:g}{of} {what} ({now - self.t0:.0f} s)", file=self.stream, flush=True)
+            print(f"{self.desc}: {_count(done)}{of} {what} ({now - self.t0:.0f} s)", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

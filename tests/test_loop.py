@@ -78,6 +78,12 @@ def test_best_visited_picks_by_direction_skips_untrusted_steps_and_measures_the_
     high = best_visited(rows, "maximize", (2, 2))
     assert high["step"] == 0 and high["se_gap"] == pytest.approx(0.5 / np.hypot(0.1, 0.4))
     assert best_visited(rows[:1], "minimize", (2, 2))["se_gap"] == 0.0
+    assert best_visited([*rows, row(4, 9.0, 0.1, 4.0, trusted=0)], "minimize", (2, 2))["se_gap"] == low["se_gap"]
+    exact = [row(0, 1.0, 0.0, 0.0), row(1, 1.0 + 1e-12, 0.0, 1.0)]  # MAP: no SE, any worse is worse
+    assert best_visited(exact, "minimize", (2, 2))["se_gap"] == np.inf
+    scrambled = {f"x{i}": float(i) for i in (10, 2, 0, 1, 3, 4, 5, 6, 7, 8, 9)}  # an old checkpoint's key order
+    got = best_visited([{"step": 0, "F": 1.0, "F_se": 0.1, **scrambled}], "minimize", (11,))
+    np.testing.assert_array_equal(got["X"], np.arange(11.0))
     assert best_visited([row(0, 1.0, 0.1, 0.0, trusted=0)], "minimize", (2, 2)) is None
 
 

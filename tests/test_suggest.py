@@ -324,6 +324,21 @@ def test_cli_suggest_bad_input(tmp_path, in_process_cli, fname, content, extra, 
     assert not (tmp_path / "outputs").exists()  # nor the folders Hydra made above the run folder
 
 
+def test_cli_bad_input_keeps_folders_that_existed_and_removes_those_made_for_it(tmp_path, in_process_cli):
+    """A run folder that existed before (holding only the user's .log files, which look like
+    Hydra's) is kept with its files; folders made through ${now:...} levels are removed."""
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n1,2\n2,3\n3,5\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "mine.log").write_text("the user's")
+    assert_clear_error(in_process_cli([f"data={data}", f"hydra.run.dir={logs}", *FAST, "k=0"]), "k must be")
+    assert (logs / "mine.log").read_text() == "the user's"
+    nested = f"hydra.run.dir={tmp_path / 'o'}/${{now:%Y-%m-%d}}/${{now:%H-%M-%S}}"
+    assert_clear_error(in_process_cli([f"data={data}", nested, *FAST, "k=0"]), "k must be")
+    assert not (tmp_path / "o").exists()
+
+
 def test_map_mode_suggests_from_one_hyperparameter_setting():
     rng = np.random.default_rng(3)
     x = np.sort(rng.uniform(0, 10, 7))
