@@ -210,12 +210,10 @@ def test_gradient_api_budget_and_memory_settings(seed_problem):
 
 def test_gradient_progress_counts_the_extra_draws_of_a_precision_target(seed_problem):
     """Past the first estimate the progress counts every draw made, of the number the target
-    needs (not each batch's own 2048 of 2048), and ends at the draws the estimate used (a
-    retry after an untrusted attempt starts the count again)."""
+    needs (not each batch's own 2048 of 2048), and ends at the draws the estimate used."""
     import placement
 
-    small = dict(num_samples=2048, adapt_samples=64, pilot_iters=1, aim=False, rel_se=0.05, max_draws=65536,
-                 gradient_check="off")
+    small = dict(num_samples=2048, rel_se=0.004, max_draws=16384, gradient_check="off")  # one attempt, extended
     seen = []
     with budget.scope(progress=lambda done, total, note: seen.append((done, total))):
         est = placement.gradient(seed_problem, **small)
