@@ -78,10 +78,10 @@ def _discard(folders: list[Path]) -> None:
             break
 
 
-def _before_run(cmd: str, overrides: list[str]) -> tuple[Path, bool]:
+def _existing_above(cmd: str, overrides: list[str]) -> Path:
     """Before Hydra makes anything: the deepest folder on the way to this command's run folder
-    that exists already, and whether the run folder itself exists (knowable when its path has
-    no ${...}). A command that stops with nothing written removes only what came after."""
+    that exists already (the run folder itself when it exists and its path has no ${...}).
+    A command that stops with nothing written removes only what came after."""
     spec = next((a.split("=", 1)[1] for a in reversed(overrides) if a.lstrip("+").startswith("hydra.run.dir=")), None)
     if spec is None:
         import yaml
@@ -91,13 +91,16 @@ def _before_run(cmd: str, overrides: list[str]) -> tuple[Path, bool]:
     p = Path(os.path.normpath(Path.cwd() / head))
     while not p.exists():
         p = p.parent
-    return p, "$" not in spec and Path(os.path.normpath(Path.cwd() / spec)).exists()
+    return p
 
 
 def _made_for(run_dir: Path, existed: Path) -> list[Path]:
     """run_dir and the folders above it up to (not including) ``existed``, deepest first: what
-    Hydra made for this run. Only run_dir when ``existed`` is not above it (a sweep's folder)."""
+    Hydra made for this run. Only run_dir when ``existed`` is not above it (a sweep's folder);
+    nothing when run_dir is ``existed``: it was there before."""
     run_dir = Path(os.path.normpath(run_dir.absolute()))
+    if run_dir == existed:
+        return []
     if existed not in run_dir.parents:
         return [run_dir]
     return [run_dir, *[p for p in run_dir.parents if existed in p.parents]]
@@ -589,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides, scratch = worker or ([], None)
     rest = rest + overrides
 
-    existed, run_dir_existed = _before_run(cmd, rest)
+    existed = _existing_above(cmd, rest)
 
     def task(cfg: DictConfig) -> None:
         from placement.runtime import quiet_console_logging
@@ -597,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_console_logging()  # third-party INFO off the terminal (kept in the run's .log)
         run_dir = _run_dir()
         created = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir()) if run_dir.exists() else True
-        created = created and not run_dir_existed and distributed.is_main()  # another process's: process 0's
+        created = created and distributed.is_main()  # another process's folder is process 0's to remove
         discard = _made_for(run_dir, existed) if created else []
         try:
             from placement import memory
